@@ -1,0 +1,1 @@
+"""jaxmnist: the lab's MNIST CNN, trained in pure, functional JAX."""

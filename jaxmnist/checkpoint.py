@@ -1,0 +1,101 @@
+"""Orbax checkpoints of a run: the best by test accuracy and the latest, side by side.
+
+The only module that imports orbax. Each checkpoint holds four items, so that evaluation can
+restore the parameters alone:
+    params     the model's parameters
+    opt_state  Adam's moments and step count
+    progress   the global step and this epoch's running train-loss sums (exact resume mid-epoch)
+    meta       JSON: epoch, step, test metrics (at epoch ends), and the run's config
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, damaged or does not fit; the message is one sentence."""
+
+
+def _rank(metrics: dict[str, Any]) -> tuple[float, int]:
+    # Higher accuracy wins; on a tie the earlier epoch stays best, as the lab's "acc > best".
+    return metrics["test_accuracy"], -metrics["step"]
+
+
+class Checkpoints:
+    """The checkpoints directory of one workdir."""
+
+    def __init__(self, directory: str | Path, read_only: bool = False):
+        self.directory = Path(directory).absolute()  # Orbax refuses relative paths
+        if read_only and not self.directory.is_dir():
+            raise CheckpointError(f"{self.directory} does not exist: this workdir has no checkpoints.")
+        keep = policies.AnyPreservationPolicy([
+            policies.LatestN(n=1),
+            # Mid-epoch checkpoints carry no metrics: they must not pile up, LatestN covers them.
+            policies.BestN(get_metric_fn=_rank, reverse=False, n=1, keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=keep, best_fn=_rank, best_mode="max", read_only=read_only, create=not read_only,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        """Every step with a complete checkpoint, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The step with the highest test accuracy (earliest on a tie), or None."""
+        with_metrics = [s for s in self.steps() if self._manager.metrics(s) is not None]
+        return max(with_metrics, key=lambda s: _rank(self._manager.metrics(s))) if with_metrics else None
+
+    def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None) -> None:
+        """Start an asynchronous save; metrics (test accuracy) make it a candidate for best."""
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            opt_state=ocp.args.StandardSave(state.opt_state),
+            progress=ocp.args.StandardSave(progress),
+            meta=ocp.args.JsonSave(meta),
+        )
+        self._manager.save(step, args=args, metrics=metrics, force=True)
+
+    def restore_params(self, step: int) -> tuple[Any, dict[str, Any]]:
+        """The parameters (host arrays, as saved) and the meta of one step."""
+        items = self._restore(step, params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        return items.params, items.meta
+
+    def restore(self, step: int, state, progress) -> tuple[Any, Any, dict[str, Any]]:
+        """Everything needed to resume: state and progress shaped like the given templates."""
+        abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
+        items = self._restore(
+            step,
+            params=ocp.args.StandardRestore(abstract(state.params)),
+            opt_state=ocp.args.StandardRestore(abstract(state.opt_state)),
+            progress=ocp.args.StandardRestore(abstract(progress)),
+            meta=ocp.args.JsonRestore(),
+        )
+        state = state.replace(step=items.progress["step"], params=items.params, opt_state=items.opt_state)
+        return state, items.progress, items.meta
+
+    def _restore(self, step: int, **items):
+        if step not in self.steps():
+            raise CheckpointError(f"{self.directory} has no checkpoint for step {step} (it has {self.steps()}).")
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as error:  # Orbax raises many types for damaged files; all mean the same here
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged or does not fit ({reason}).") from None
+
+    def wait(self) -> None:
+        """Block until every asynchronous save is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()

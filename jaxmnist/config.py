@@ -1,0 +1,102 @@
+"""Every knob of a run, with the lab's values as defaults, and the command line made from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Sequence
+
+
+def _knob(default: Any, help: str, **extra: Any) -> Any:
+    """A config field whose help text becomes the flag's help."""
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One training run. Defaults reproduce the lab (seed.md); the workdir records the rest."""
+
+    epochs: int = _knob(5, "passes over the 60,000 training images")
+    batch_size: int = _knob(64, "training images per step; the last partial batch is kept")
+    lr: float = _knob(1e-3, "Adam learning rate before any decay")
+    lr_decay_epochs: int = _knob(5, "multiply the learning rate by --lr-decay every this many epochs")
+    lr_decay: float = _knob(0.1, "the step-decay factor (StepLR's gamma)")
+    rotation: float = _knob(10.0, "random rotation of training images, uniform in +-DEGREES; 0 = off")
+    seed: int = _knob(0, "the one seed every random stream (init, shuffle, rotation) derives from")
+    workdir: str = _knob("runs/mnist", "where config.json, metrics.jsonl and checkpoints/ go")
+    log_every: int = _knob(100, "print the training loss every this many batches")
+    eval_batch_size: int = _knob(1000, "test images per evaluation batch (the last one is padded)")
+    data_dir: str | None = _knob(None, "TFDS data directory (default: TFDS's own, or $TFDS_DATA_DIR)")
+    idx_dir: str | None = _knob(None, "read the four MNIST IDX files from here instead of TFDS")
+    loop: str = _knob(
+        "auto",
+        "how steps are driven: python (one jitted step per batch, fastest on CPU), device (the steps "
+        "between log points in one compiled loop, fastest on GPU), auto (by backend)",
+        choices=("auto", "python", "device"),
+    )
+    checkpoint_seconds: float = _knob(30.0, "also save the latest state mid-epoch at most this often")
+    restart: bool = _knob(False, "discard the checkpoints and metrics of a run already in --workdir")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lr_decay_epochs", "log_every", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}.")
+        if not self.checkpoint_seconds > 0:
+            raise ValueError(f"--checkpoint-seconds must be positive, got {self.checkpoint_seconds}.")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}.")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"--lr-decay must be in (0, 1], got {self.lr_decay}.")
+        if not 0 <= self.rotation <= 180:
+            raise ValueError(f"--rotation must be between 0 and 180 degrees, got {self.rotation}.")
+        if self.data_dir is not None and self.idx_dir is not None:
+            raise ValueError("Give either --data-dir (TFDS) or --idx-dir (IDX files), not both.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-ready values."""
+        return dataclasses.asdict(self)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _field_type(field: dataclasses.Field) -> type:
+    """The Python type a flag's string is parsed with (annotations are strings here)."""
+    annotation = str(field.type)
+    for candidate in (bool, int, float):
+        if annotation.startswith(candidate.__name__):
+            return candidate
+    return str
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A parser with one --flag per Config field; unknown flags are errors."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for field in dataclasses.fields(Config):
+        kwargs: dict[str, Any] = {"default": field.default, "help": f"{field.metadata['help']} (default: %(default)s)"}
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        if _field_type(field) is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _field_type(field)
+            kwargs["metavar"] = field.name.upper()
+        parser.add_argument(f"--{_flag(field.name)}", dest=field.name, **kwargs)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+    """Build the config, turning a bad value into the parser's one-line error (exit 2)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+    try:
+        return Config(**values)
+    except ValueError as error:
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits
+
+
+def parse_config(argv: Sequence[str] | None, prog: str, description: str) -> Config:
+    """Parse a command line into a validated Config."""
+    parser = build_parser(prog, description)
+    return config_from_args(parser.parse_args(argv), parser)

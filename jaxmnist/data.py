@@ -1,0 +1,156 @@
+"""The edge to the MNIST files: TFDS or raw IDX files in, uint8 numpy arrays out.
+
+This is the only module that imports tensorflow / tensorflow_datasets, and only when the TFDS
+source is used, so the IDX path (and a GPU machine without TensorFlow) never pays for it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+IMAGE_SIZE = 28
+TRAIN_SIZE = 60_000
+TEST_SIZE = 10_000
+# Where TFDS fetches MNIST from; probed before a download so that no network fails in seconds.
+_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+
+
+class DataError(Exception):
+    """The dataset cannot be found or read; the message is one sentence for the user."""
+
+
+class MNIST(NamedTuple):
+    """The whole dataset in host memory: images uint8 [N, 28, 28], labels int32 [N]."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+def load(data_dir: str | None = None, idx_dir: str | None = None) -> MNIST:
+    """Load MNIST from IDX files when idx_dir is given, else through TFDS (downloading if needed)."""
+    dataset = load_idx(idx_dir) if idx_dir is not None else load_tfds(data_dir)
+    _check(dataset)
+    return dataset
+
+
+# --- IDX files ---------------------------------------------------------------------------------
+
+_IDX_FILES = {
+    "train_images": ("train-images-idx3-ubyte", 0x803),
+    "train_labels": ("train-labels-idx1-ubyte", 0x801),
+    "test_images": ("t10k-images-idx3-ubyte", 0x803),
+    "test_labels": ("t10k-labels-idx1-ubyte", 0x801),
+}
+
+
+def load_idx(idx_dir: str) -> MNIST:
+    """Read the four MNIST IDX files (gzipped or not) from idx_dir, checking every header."""
+    folder = Path(idx_dir)
+    if not folder.is_dir():
+        raise DataError(f"--idx-dir {idx_dir} is not a directory; it should hold the four MNIST IDX files.")
+    arrays = {name: _read_idx(folder, stem, magic) for name, (stem, magic) in _IDX_FILES.items()}
+    arrays["train_labels"] = arrays["train_labels"].astype(np.int32)
+    arrays["test_labels"] = arrays["test_labels"].astype(np.int32)
+    return MNIST(**arrays)
+
+
+def _read_idx(folder: Path, stem: str, magic: int) -> np.ndarray:
+    candidates = [folder / stem, folder / f"{stem}.gz"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise DataError(f"{folder} has no {stem} (or {stem}.gz); it should hold the four MNIST IDX files.")
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"{path} cannot be read as a gzip file ({error}).") from None
+    ndim = magic & 0xFF
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size or int.from_bytes(raw[:4], "big") != magic:
+        raise DataError(f"{path} is not an MNIST IDX file (expected magic number {magic:#010x}).")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header_size + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(f"{path} is damaged: its header promises {expected} bytes but it has {len(raw)}.")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+# --- TFDS --------------------------------------------------------------------------------------
+
+
+def load_tfds(data_dir: str | None = None, download_host: tuple[str, int] = _DOWNLOAD_HOST) -> MNIST:
+    """Load MNIST through TFDS from data_dir (or TFDS's default), downloading only if it can.
+
+    download_host is probed first, because TFDS itself retries a download for minutes offline.
+    """
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DataError(f"--data-dir {data_dir} does not exist; give a TFDS data directory or use --idx-dir.")
+    tfds = _import_tfds()
+    builder = tfds.builder("mnist", data_dir=data_dir)
+    try:
+        return _read_splits(builder)
+    except AssertionError:  # TFDS's way of saying "not prepared in this data_dir"
+        pass
+    if not _can_reach(download_host):
+        raise DataError(
+            f"MNIST is not in {builder.data_dir} and cannot be downloaded (no network): point "
+            "--data-dir at a prepared TFDS data directory or --idx-dir at the four MNIST IDX files."
+        )
+    builder.download_and_prepare()
+    return _read_splits(builder)
+
+
+def _read_splits(builder) -> MNIST:
+    return MNIST(*_read_split(builder, "train"), *_read_split(builder, "test"))
+
+
+def _import_tfds():
+    """Import TensorFlow with its GPUs hidden, so that it never takes memory JAX needs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # silences a startup banner; TF only reads files here
+    try:
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise DataError(
+            f"The TFDS source needs tensorflow-cpu and tensorflow-datasets ({error}); "
+            "install them or use --idx-dir."
+        ) from None
+    tf.config.set_visible_devices([], "GPU")
+    return tfds
+
+
+def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    # Batches of 10,000 images, concatenated: fast, and independent of the split's size.
+    # (batch_size=-1 would read it in one call but aborts the process under tfds.testing.mock_data.)
+    dataset = builder.as_dataset(split=split, batch_size=TEST_SIZE, shuffle_files=False)
+    batches = list(dataset.as_numpy_iterator())
+    images = np.concatenate([b["image"] for b in batches]).astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    return images, np.concatenate([b["label"] for b in batches]).astype(np.int32)
+
+
+def _can_reach(address: tuple[str, int], timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _check(dataset: MNIST) -> None:
+    """Refuse anything that is not a complete MNIST: a short dataset must never train silently."""
+    for split, images, labels in (
+        ("train", dataset.train_images, dataset.train_labels),
+        ("test", dataset.test_images, dataset.test_labels),
+    ):
+        if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(images) != len(labels):
+            raise DataError(f"The {split} split has images {images.shape} and labels {labels.shape}; expected [N, 28, 28] and [N].")
+        if len(labels) and (labels.min() < 0 or labels.max() > 9):
+            raise DataError(f"The {split} split has labels outside 0..9.")

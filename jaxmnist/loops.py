@@ -1,0 +1,129 @@
+"""How steps are driven over the device-resident dataset: batch order, train loops, evaluation.
+
+The whole dataset lives on the device; a batch is a gather of 64 indices, so the host sends one
+small integer per step and never touches pixels. Two drivers run the same step body:
+- python: a Python loop of one jitted step per batch. XLA:CPU runs while-loops about 25x slower
+  than this (measured.md), so this is the CPU's driver.
+- device: every step between two log points inside one compiled fori_loop, which removes the
+  per-step host round trip that dominates on a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.training import train_state
+
+from jaxmnist.steps import Batch, EvalTotals, eval_step, train_step
+
+
+class DeviceDataset(NamedTuple):
+    """One split on the device: images uint8 [N, 28, 28], labels int32 [N]."""
+
+    images: jax.Array
+    labels: jax.Array
+
+
+class EpochOrder(NamedTuple):
+    """Which images make up each batch of one epoch, padded to a whole number of batches."""
+
+    indices: jax.Array  # [S, B] int32
+    mask: jax.Array  # [S, B] float32, 0 where the last batch is padding
+
+
+class TrainTotals(NamedTuple):
+    """Running sums over the real images trained on this epoch, kept on the device."""
+
+    loss_sum: jax.Array
+    images: jax.Array
+
+    @classmethod
+    def zeros(cls) -> "TrainTotals":
+        return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+
+
+RunSteps = Callable[..., tuple[train_state.TrainState, TrainTotals, jax.Array]]
+
+
+@functools.partial(jax.jit, static_argnames=("num_images", "batch_size"))
+def epoch_order(key: jax.Array, num_images: int, batch_size: int) -> EpochOrder:
+    """A fresh shuffle of all images; the last batch is padded with masked copies of image 0."""
+    num_steps = -(-num_images // batch_size)
+    padding = num_steps * batch_size - num_images
+    order = jax.random.permutation(key, num_images).astype(jnp.int32)
+    indices = jnp.concatenate([order, jnp.zeros((padding,), jnp.int32)])
+    mask = jnp.concatenate([jnp.ones((num_images,), jnp.float32), jnp.zeros((padding,), jnp.float32)])
+    return EpochOrder(indices.reshape(num_steps, batch_size), mask.reshape(num_steps, batch_size))
+
+
+def _step_body(state, totals: TrainTotals, data: DeviceDataset, order: EpochOrder, index, augment_key, rotation):
+    ids = order.indices[index]  # [B]
+    batch = Batch(data.images[ids], data.labels[ids], order.mask[index])
+    # Keyed by the global step, so a resumed run draws exactly the angles it would have drawn.
+    state, loss = train_step(state, batch, jax.random.fold_in(augment_key, state.step), rotation)
+    real = jnp.sum(batch.mask)
+    return state, TrainTotals(totals.loss_sum + loss * real, totals.images + real), loss
+
+
+_jitted_step = jax.jit(_step_body, static_argnames=("rotation",), donate_argnames=("state", "totals"))
+
+
+def run_steps_python(state, totals, data, order, start: int, stop: int, augment_key, rotation: float):
+    """Steps start..stop-1 of the epoch, one jitted call each; returns the last step's loss."""
+    loss = None
+    for index in range(start, stop):
+        state, totals, loss = _jitted_step(state, totals, data, order, index, augment_key, rotation=rotation)
+    return state, totals, loss
+
+
+@functools.partial(jax.jit, static_argnames=("rotation",), donate_argnames=("state", "totals"))
+def run_steps_device(state, totals, data, order, start, stop, augment_key, rotation: float):
+    """Steps start..stop-1 of the epoch in one compiled loop; returns the last step's loss."""
+
+    def body(index, carry):
+        state, totals, _ = carry
+        return _step_body(state, totals, data, order, index, augment_key, rotation)
+
+    carry = (state, totals, jnp.zeros((), jnp.float32))
+    return jax.lax.fori_loop(start, stop, body, carry)
+
+
+def choose_runner(loop: str, platform: str) -> RunSteps:
+    """The driver for --loop: auto picks the Python loop on CPU and the compiled loop elsewhere."""
+    if loop == "auto":
+        loop = "python" if platform == "cpu" else "device"
+    return run_steps_python if loop == "python" else run_steps_device
+
+
+def stack_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batch:
+    """A whole split as [S, B, ...] device arrays, the last batch padded and masked."""
+    num_steps = -(-len(images) // batch_size)
+    padding = num_steps * batch_size - len(images)
+    mask = np.concatenate([np.ones(len(images), np.float32), np.zeros(padding, np.float32)])
+    images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
+    labels = np.concatenate([labels, np.zeros(padding, labels.dtype)])
+    return Batch(
+        jnp.asarray(images.reshape(num_steps, batch_size, *images.shape[1:])),
+        jnp.asarray(labels.reshape(num_steps, batch_size)),
+        jnp.asarray(mask.reshape(num_steps, batch_size)),
+    )
+
+
+@jax.jit
+def _eval_batch(params, batches: Batch, index) -> tuple[EvalTotals, jax.Array]:
+    return eval_step(params, jax.tree.map(lambda x: x[index], batches))
+
+
+def evaluate(params, batches: Batch) -> tuple[EvalTotals, jax.Array]:
+    """Forward pass over every batch: summed totals, and probabilities [N, 10] of the real images."""
+    totals, probabilities = None, []
+    for index in range(batches.images.shape[0]):
+        batch_totals, batch_probabilities = _eval_batch(params, batches, index)
+        totals = batch_totals if totals is None else jax.tree.map(jnp.add, totals, batch_totals)
+        probabilities.append(batch_probabilities)
+    num_real = int(totals.count)  # the padding sits at the end of the last batch
+    return totals, jnp.concatenate(probabilities)[:num_real]

@@ -1,0 +1,86 @@
+"""What a run tells the world: the lab's console lines, metrics.jsonl and config.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxmnist.config import Config
+
+log = logging.getLogger("jaxmnist")
+
+
+def setup_console() -> None:
+    """Plain lines on stdout, as the lab printed them (called by the command-line mains only)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    # Orbax reports routine decisions as absl warnings; the user needs only our own lines.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def device_description() -> str:
+    """E.g. 'cpu (1 x cpu)' or 'gpu (1 x NVIDIA H100 80GB HBM3)'."""
+    devices = jax.devices()
+    return f"{devices[0].platform} ({len(devices)} x {devices[0].device_kind})"
+
+
+def write_config(workdir: Path, config: Config) -> None:
+    """config.json: every knob plus the library versions and the device, for reproducing the run."""
+    versions = {name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")}
+    record = {"config": config.to_dict(), "versions": versions, "device": device_description()}
+    (workdir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object a line: kind "train" at log points, kind "epoch" per epoch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past step: a resumed run replays them, and must not write them twice."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def records(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every record (of one kind), oldest first."""
+        if not self.path.exists():
+            return []
+        records = [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def train_line(epoch: int, index: int, batch_size: int, num_images: int, num_steps: int, loss: float) -> str:
+    """The lab's progress line, e.g. 'Train Epoch: 1 [6400/60000 (11%)]\\tLoss: 0.329942'."""
+    return f"Train Epoch: {epoch} [{index * batch_size}/{num_images} ({100.0 * index / num_steps:.0f}%)]\tLoss: {loss:.6f}"
+
+
+def epoch_line(record: dict[str, Any]) -> str:
+    """The lab's accuracy line, followed by what the lab did not print."""
+    return (
+        f"\nTest Accuracy: {record['correct']}/{record['test_images']} ({record['test_accuracy']:.2f}%)"
+        f"  test loss {record['test_loss']:.4f} | train loss {record['train_loss']:.4f}"
+        f" | lr {record['lr']:.1e} | {record['epoch_seconds']:.1f} s | {record['images_per_second']:.0f} images/s\n"
+    )

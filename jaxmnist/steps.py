@@ -1,0 +1,102 @@
+"""The pure parts of training and evaluation: state, loss, one train step, one eval step.
+
+Nothing here touches files or the console; train.py drives these functions and evaluate.py
+reuses eval_step, so training and evaluation measure the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from jaxmnist.augment import normalize, random_rotation
+from jaxmnist.config import Config
+from jaxmnist.model import CNN
+
+
+class Batch(NamedTuple):
+    """A fixed-size batch; mask is 0 for the padding that keeps every batch the same shape."""
+
+    images: jax.Array  # [B, 28, 28] uint8
+    labels: jax.Array  # [B] int32
+    mask: jax.Array  # [B] float32, 1 for a real image
+
+
+class Keys(NamedTuple):
+    """The independent random streams of a run, all derived from the one seed."""
+
+    init: jax.Array
+    shuffle: jax.Array  # folded with the epoch number
+    augment: jax.Array  # folded with the global step
+
+
+class EvalTotals(NamedTuple):
+    """Sums over the real images of a batch (or a whole test set)."""
+
+    loss_sum: jax.Array
+    correct: jax.Array
+    count: jax.Array
+
+
+def derive_keys(seed: int) -> Keys:
+    """Split the seed into named streams, so adding a stream later never shifts the others."""
+    root = jax.random.key(seed)
+    return Keys(*(jax.random.fold_in(root, i) for i in range(len(Keys._fields))))
+
+
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    """Batches per epoch with the last partial one kept: 60,000 / 64 -> 938."""
+    return -(-num_images // batch_size)
+
+
+def learning_rate_schedule(config: Config, steps_in_epoch: int) -> optax.Schedule:
+    """The lab's StepLR(step_size, gamma) stepped per epoch, expressed in optimizer steps."""
+    return optax.exponential_decay(
+        config.lr, transition_steps=config.lr_decay_epochs * steps_in_epoch,
+        decay_rate=config.lr_decay, staircase=True,
+    )
+
+
+def create_train_state(config: Config, key: jax.Array, steps_in_epoch: int) -> train_state.TrainState:
+    """A fresh model (PyTorch-style init) with Adam(b1=0.9, b2=0.999, eps=1e-8) and step decay."""
+    model = CNN()
+    params = model.init(key, jnp.zeros((1, 28, 28, 1), jnp.float32))["params"]
+    optimizer = optax.adam(learning_rate_schedule(config, steps_in_epoch), b1=0.9, b2=0.999, eps=1e-8)
+    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean cross-entropy over the real images only (padding has mask 0)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [B]
+    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def train_step(
+    state: train_state.TrainState, batch: Batch, key: jax.Array, rotation: float
+) -> tuple[train_state.TrainState, jax.Array]:
+    """One Adam update on a batch, rotated on the device with key; returns the batch loss."""
+    images = normalize(random_rotation(key, batch.images, rotation))  # [B, 28, 28, 1]
+
+    def loss_fn(params):
+        logits = state.apply_fn({"params": params}, images)  # [B, 10]
+        return masked_cross_entropy(logits, batch.labels, batch.mask)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), loss
+
+
+def eval_step(params, batch: Batch) -> tuple[EvalTotals, jax.Array]:
+    """Forward only on unrotated images: the batch's totals and class probabilities [B, 10]."""
+    logits = CNN().apply({"params": params}, normalize(batch.images))
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
+    hits = (jnp.argmax(logits, axis=-1) == batch.labels).astype(jnp.int32)
+    totals = EvalTotals(
+        loss_sum=jnp.sum(losses * batch.mask),
+        correct=jnp.sum(hits * batch.mask.astype(jnp.int32)),
+        count=jnp.sum(batch.mask.astype(jnp.int32)),
+    )
+    return totals, jax.nn.softmax(logits)

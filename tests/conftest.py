@@ -1,0 +1,38 @@
+"""Shared fixtures: small injected datasets, so most tests need neither files nor TensorFlow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmnist.data import MNIST
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_mnist(num_train: int, num_test: int, seed: int = 0) -> MNIST:
+    """Learnable stand-in for MNIST: each class is a fixed sparse stroke pattern plus pixel noise.
+
+    Images are uint8 [N, 28, 28], mostly black as digits are; labels are 0..9.
+    """
+    template_key, train_key, test_key = jax.random.split(jax.random.key(seed), 3)
+    templates = (jax.random.uniform(template_key, (10, 28, 28)) < 0.15) * 255.0  # [10, 28, 28]
+
+    def split(key, n):
+        label_key, noise_key = jax.random.split(key)
+        labels = jax.random.randint(label_key, (n,), 0, 10)
+        noise = jax.random.uniform(noise_key, (n, 28, 28), maxval=80.0)
+        images = jnp.clip(templates[labels] * 0.8 + noise, 0, 255)
+        return np.asarray(images, np.uint8), np.asarray(labels, np.int32)
+
+    return MNIST(*split(train_key, num_train), *split(test_key, num_test))
+
+
+@pytest.fixture
+def tiny_mnist() -> MNIST:
+    """200 training images (4 batches of 64, the last of 8) and 30 test images."""
+    return make_mnist(200, 30)

@@ -1,0 +1,86 @@
+import gzip
+
+import numpy as np
+import pytest
+
+from jaxmnist import data
+from conftest import SHARED_DATA, make_mnist
+
+
+def _write_idx(folder, dataset, compress=True):
+    """Write a dataset as the four IDX files, the way the MNIST distribution lays them out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"train_images": dataset.train_images, "train_labels": dataset.train_labels,
+              "test_images": dataset.test_images, "test_labels": dataset.test_labels}
+    for name, (stem, magic) in data._IDX_FILES.items():
+        array = arrays[name].astype(np.uint8)
+        header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+        raw = header + array.tobytes()
+        path = folder / (stem + ".gz" if compress else stem)
+        path.write_bytes(gzip.compress(raw) if compress else raw)
+    return folder
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_files_read_back_exactly(tmp_path, compress):
+    original = make_mnist(50, 20)
+    loaded = data.load_idx(str(_write_idx(tmp_path, original, compress)))
+    for got, expected in zip(loaded, original):
+        np.testing.assert_array_equal(got, expected)
+    assert loaded.train_images.dtype == np.uint8 and loaded.train_labels.dtype == np.int32
+
+
+def test_a_truncated_idx_file_is_an_error_not_a_short_dataset(tmp_path):
+    folder = _write_idx(tmp_path, make_mnist(50, 20), compress=False)
+    path = folder / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(data.DataError, match="is damaged: its header promises"):
+        data.load_idx(str(folder))
+
+
+def test_a_wrong_magic_number_is_an_error(tmp_path):
+    folder = _write_idx(tmp_path, make_mnist(50, 20), compress=False)
+    path = folder / "t10k-labels-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x03" + path.read_bytes()[4:])
+    with pytest.raises(data.DataError, match="is not an MNIST IDX file"):
+        data.load_idx(str(folder))
+
+
+def test_a_missing_idx_file_is_named(tmp_path):
+    folder = _write_idx(tmp_path, make_mnist(50, 20))
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(data.DataError, match="has no t10k-images-idx3-ubyte"):
+        data.load_idx(str(folder))
+
+
+def test_tfds_without_data_or_network_fails_at_once_with_directions(tmp_path):
+    with pytest.raises(data.DataError) as error:
+        data.load_tfds(str(tmp_path), download_host=("127.0.0.1", 9))  # nothing listens on port 9
+    assert str(error.value).startswith(f"MNIST is not in {tmp_path}")
+    assert "--data-dir" in str(error.value) and "--idx-dir" in str(error.value)
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load(data_dir=str(tmp_path / "nowhere"))
+
+
+def test_tfds_source_reads_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=40):
+        dataset = data.load_tfds()
+    assert dataset.train_images.shape == (40, 28, 28) and dataset.train_images.dtype == np.uint8
+    assert dataset.test_labels.shape == (40,) and dataset.test_labels.max() <= 9
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist-idx").is_dir(), reason="../shared/data (real MNIST) is not beside the checkout")
+def test_tfds_and_idx_give_the_same_images_and_labels_as_sets():
+    pytest.importorskip("tensorflow_datasets")
+    from_tfds = data.load(data_dir=str(SHARED_DATA / "tensorflow_datasets"))
+    from_idx = data.load(idx_dir=str(SHARED_DATA / "mnist-idx"))
+    for images, labels in ((0, 1), (2, 3)):
+        # TFDS stores its own shuffled order: compare (label, image bytes) as sorted multisets.
+        as_set = lambda d: sorted(bytes([l]) + im.tobytes() for im, l in zip(d[images], d[labels]))  # noqa: E731
+        assert as_set(from_tfds) == as_set(from_idx)
+    assert len(from_idx.train_images) == 60_000 and len(from_idx.test_images) == 10_000
+    assert np.bincount(from_idx.test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

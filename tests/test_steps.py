@@ -1,0 +1,72 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmnist.config import Config
+from jaxmnist.loops import DeviceDataset, TrainTotals, epoch_order, run_steps_device, run_steps_python
+from jaxmnist.steps import Batch, create_train_state, derive_keys, learning_rate_schedule, masked_cross_entropy, train_step
+
+
+def test_learning_rate_steps_down_after_lr_decay_epochs():
+    schedule = learning_rate_schedule(Config(), steps_in_epoch=938)
+    # Updates 0..4689 are epochs 1-5 (lr 1e-3); update 4690 is the first of epoch 6.
+    assert float(schedule(0)) == np.float32(1e-3)
+    assert float(schedule(4689)) == np.float32(1e-3)
+    np.testing.assert_allclose(float(schedule(4690)), 1e-4, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(9380)), 1e-5, rtol=1e-6)
+
+
+def test_masked_loss_averages_over_real_images_only():
+    logits = jax.random.normal(jax.random.key(0), (8, 10))
+    labels = jnp.arange(8) % 10
+    mask = jnp.array([1, 1, 1, 0, 0, 0, 0, 0], jnp.float32)
+    expected = optax.softmax_cross_entropy_with_integer_labels(logits[:3], labels[:3]).mean()
+    np.testing.assert_allclose(masked_cross_entropy(logits, labels, mask), expected, rtol=1e-6)
+
+
+def test_epoch_order_covers_every_image_once_and_masks_the_padding():
+    order = epoch_order(jax.random.key(0), 200, 64)
+    assert order.indices.shape == (4, 64)
+    real = np.asarray(order.indices)[np.asarray(order.mask) > 0]
+    assert sorted(real.tolist()) == list(range(200))
+    assert np.asarray(order.mask)[-1].sum() == 8
+    assert not np.array_equal(order.indices, epoch_order(jax.random.key(1), 200, 64).indices)
+
+
+def test_a_few_steps_fit_a_tiny_batch(tiny_mnist):
+    state = create_train_state(Config(), jax.random.key(0), steps_in_epoch=938)
+    batch = Batch(jnp.asarray(tiny_mnist.train_images[:16]), jnp.asarray(tiny_mnist.train_labels[:16]), jnp.ones(16))
+    step = jax.jit(train_step, static_argnames="rotation")
+    first_loss = None
+    for i in range(50):
+        state, loss = step(state, batch, jax.random.key(i), rotation=0.0)
+        first_loss = float(loss) if first_loss is None else first_loss
+    assert first_loss > 1.5 and float(loss) < 0.05
+
+
+def _train(tiny_mnist, runner, seed=0):
+    keys = derive_keys(seed)
+    state = create_train_state(Config(), keys.init, steps_in_epoch=4)
+    data = DeviceDataset(jnp.asarray(tiny_mnist.train_images), jnp.asarray(tiny_mnist.train_labels))
+    order = epoch_order(keys.shuffle, 200, 64)
+    state, totals, loss = runner(state, TrainTotals.zeros(), data, order, 0, 4, keys.augment, 10.0)
+    return state, totals
+
+
+def test_the_same_seed_gives_bit_identical_parameters(tiny_mnist):
+    first, _ = _train(tiny_mnist, run_steps_python)
+    second, _ = _train(tiny_mnist, run_steps_python)
+    other, _ = _train(tiny_mnist, run_steps_python, seed=1)
+    for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first.params["Dense_0"]["kernel"], other.params["Dense_0"]["kernel"])
+
+
+def test_python_and_device_loops_compute_the_same_update(tiny_mnist):
+    python_state, python_totals = _train(tiny_mnist, run_steps_python)
+    device_state, device_totals = _train(tiny_mnist, run_steps_device)
+    assert int(python_state.step) == int(device_state.step) == 4
+    assert float(python_totals.images) == float(device_totals.images) == 200
+    for a, b in zip(jax.tree.leaves(python_state.params), jax.tree.leaves(device_state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,89 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmnist import train
+from jaxmnist.checkpoint import Checkpoints
+from jaxmnist.config import Config
+
+
+def _run(tmp_path, dataset, **overrides):
+    config = Config(workdir=str(tmp_path / "run"), batch_size=64, log_every=2, eval_batch_size=16, **overrides)
+    return config, train.train_and_evaluate(config, dataset)
+
+
+def test_one_epoch_writes_config_metrics_and_a_restorable_checkpoint(tmp_path, tiny_mnist, caplog):
+    caplog.set_level("INFO", logger="jaxmnist")
+    config, records = _run(tmp_path, tiny_mnist, epochs=1)
+    workdir = tmp_path / "run"
+
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["config"] == config.to_dict()
+    assert {"jax", "flax", "optax", "orbax-checkpoint"} <= set(saved["versions"]) and saved["device"]
+
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 3]  # batches 0 and 2 of 4
+    (epoch,) = [r for r in lines if r["kind"] == "epoch"]
+    for key in ("epoch", "step", "lr", "train_loss", "test_loss", "test_accuracy", "correct", "epoch_seconds", "images_per_second"):
+        assert key in epoch
+    assert epoch["step"] == 4 and epoch["test_images"] == 30  # 30 test images in 2 batches of 16: none dropped
+    assert epoch == records[0]
+
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    assert checkpoints.steps() == [4] and checkpoints.best_step() == 4
+    params, meta = checkpoints.restore_params(4)
+    assert meta["correct"] == epoch["correct"] and meta["config"] == config.to_dict()
+    assert sum(np.size(x) for x in jax.tree.leaves(params)) == 28_938
+
+    out = caplog.text
+    assert "Train Epoch: 1 [0/200 (0%)]\tLoss: " in out
+    assert f"Test Accuracy: {epoch['correct']}/30 ({epoch['test_accuracy']:.2f}%)" in out
+
+
+def test_training_learns_and_keeps_the_best_and_the_latest_checkpoint(tmp_path, tiny_mnist):
+    _, records = _run(tmp_path, tiny_mnist, epochs=4)
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    checkpoints = Checkpoints(tmp_path / "run" / "checkpoints", read_only=True)
+    accuracies = {r["step"]: r["test_accuracy"] for r in records}
+    best = max(accuracies, key=lambda s: (accuracies[s], -s))
+    assert checkpoints.best_step() == best
+    assert checkpoints.steps() == sorted({best, 16})
+
+
+def test_a_second_run_continues_where_the_first_stopped(tmp_path, tiny_mnist, caplog):
+    caplog.set_level("INFO", logger="jaxmnist")
+    _, straight = _run(tmp_path / "a", tiny_mnist, epochs=2)
+    _run(tmp_path / "b", tiny_mnist, epochs=1)
+    _, resumed = _run(tmp_path / "b", tiny_mnist, epochs=2)
+    assert "Resuming from epoch 2, step 4" in caplog.text
+    assert [r["epoch"] for r in resumed] == [2]
+    for key in ("train_loss", "test_loss", "correct"):
+        assert resumed[0][key] == straight[1][key]
+
+
+def test_a_different_configuration_is_refused(tmp_path, tiny_mnist):
+    _run(tmp_path, tiny_mnist, epochs=1)
+    with pytest.raises(train.WorkdirError, match="--lr 0.001 -> 0.002"):
+        _run(tmp_path, tiny_mnist, epochs=1, lr=2e-3)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--epochs", "-1"], "--epochs must be a positive integer"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--rotation", "200"], "--rotation must be between 0 and 180"),
+    (["--no-such-flag"], "unrecognized arguments"),
+])
+def test_bad_flags_are_refused_before_any_work(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
+    assert train.main(["--idx-dir", str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "run")]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"--idx-dir {tmp_path / 'nowhere'} is not a directory; it should hold the four MNIST IDX files."]
