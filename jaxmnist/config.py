@@ -25,7 +25,7 @@ class Config:
     seed: int = _knob(0, "the one seed every random stream (init, shuffle, rotation) derives from")
     workdir: str = _knob("runs/mnist", "where config.json, metrics.jsonl and checkpoints/ go")
     log_every: int = _knob(100, "print the training loss every this many batches")
-    eval_batch_size: int = _knob(1000, "test images per evaluation batch (the last one is padded)")
+    eval_batch_size: int = _knob(500, "test images per evaluation batch (the last one is padded)")
     data_dir: str | None = _knob(None, "TFDS data directory (default: TFDS's own, or $TFDS_DATA_DIR)")
     idx_dir: str | None = _knob(None, "read the four MNIST IDX files from here instead of TFDS")
     loop: str = _knob(

@@ -20,7 +20,7 @@ def setup_console() -> None:
     """Plain lines on stdout, as the lab printed them (called by the command-line mains only)."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
+    log.handlers = [handler]  # idempotent: a second main() in one process must not print twice
     log.setLevel(logging.INFO)
     log.propagate = False
     # Orbax reports routine decisions as absl warnings; the user needs only our own lines.

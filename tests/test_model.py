@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from jaxmnist.model import CNN, max_pool_2x2
+from jaxmnist.model import CNN
+from jaxmnist.ops import max_pool_2x2
 
 
 def _params():
@@ -15,16 +16,16 @@ def test_parameter_count_and_layer_shapes_match_the_lab():
     assert sum(x.size for x in jax.tree.leaves(params)) == 28_938
     shapes = jax.tree.map(lambda x: x.shape, params)
     assert shapes == {
-        "Conv_0": {"kernel": (5, 5, 1, 16), "bias": (16,)},
-        "Conv_1": {"kernel": (5, 5, 16, 32), "bias": (32,)},
-        "Dense_0": {"kernel": (1568, 10), "bias": (10,)},
+        "conv1": {"kernel": (5, 5, 1, 16), "bias": (16,)},
+        "conv2": {"kernel": (5, 5, 16, 32), "bias": (32,)},
+        "fc": {"kernel": (1568, 10), "bias": (10,)},
     }
     assert CNN().apply({"params": params}, jnp.zeros((3, 28, 28, 1))).shape == (3, 10)
 
 
 def test_initialisation_is_pytorch_uniform_within_one_over_sqrt_fan_in():
     params = _params()
-    for layer, fan_in in (("Conv_0", 25), ("Conv_1", 400), ("Dense_0", 1568)):
+    for layer, fan_in in (("conv1", 25), ("conv2", 400), ("fc", 1568)):
         bound = 1 / np.sqrt(fan_in)
         for name in ("kernel", "bias"):
             values = np.asarray(params[layer][name])
@@ -37,3 +38,32 @@ def test_initialisation_is_pytorch_uniform_within_one_over_sqrt_fan_in():
 def test_reshape_pooling_equals_flax_max_pool():
     x = jax.random.normal(jax.random.key(1), (2, 28, 28, 16))
     np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def test_shifted_conv_equals_lax_convolution_in_value_and_gradient():
+    from jax import lax
+    from jaxmnist.ops import shifted_conv
+
+    x = jax.random.normal(jax.random.key(2), (4, 28, 28, 1))
+    kernel = jax.random.normal(jax.random.key(3), (5, 5, 1, 16))
+    args = dict(window_strides=(1, 1), padding=[(2, 2), (2, 2)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    reference = lambda x, k: lax.conv_general_dilated(x, k, **args)  # noqa: E731
+    shifted = lambda x, k: shifted_conv(x, k, **args)  # noqa: E731
+    np.testing.assert_allclose(shifted(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-5)
+    loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))  # noqa: E731
+    for got, expected in zip(jax.grad(loss(shifted), (0, 1))(x, kernel), jax.grad(loss(reference), (0, 1))(x, kernel)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # Shapes it does not specialise fall through to lax unchanged.
+    x16 = jax.random.normal(jax.random.key(4), (2, 14, 14, 16))
+    k16 = jax.random.normal(jax.random.key(5), (5, 5, 16, 32))
+    np.testing.assert_array_equal(shifted(x16, k16), reference(x16, k16))
+
+
+def test_both_pooling_forms_agree_in_value_and_gradient():
+    from jaxmnist.ops import fusible_max_pool_2x2
+
+    x = jax.random.normal(jax.random.key(6), (2, 28, 28, 16))
+    np.testing.assert_array_equal(fusible_max_pool_2x2(x), max_pool_2x2(x))
+    weights = jax.random.normal(jax.random.key(7), (2, 14, 14, 16))
+    grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)  # noqa: E731
+    np.testing.assert_array_equal(grad(fusible_max_pool_2x2), grad(max_pool_2x2))

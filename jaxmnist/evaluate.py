@@ -1,0 +1,150 @@
+"""`python -m jaxmnist.evaluate`: restore a checkpoint and analyse its errors on the test set.
+
+Uses the same forward-only evaluation as training (loops.evaluate), so the best step's count
+of correct test images is exactly the one its training epoch logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmnist import data
+from jaxmnist.augment import normalize
+from jaxmnist.checkpoint import CheckpointError, Checkpoints
+from jaxmnist.loops import evaluate, stack_batches
+from jaxmnist.model import CNN
+from jaxmnist.reporting import log, setup_console
+
+
+def resolve_step(checkpoints: Checkpoints, step: str) -> int:
+    """'best', 'latest' or a step number -> a step that has a checkpoint."""
+    if not checkpoints.steps():
+        raise CheckpointError(f"{checkpoints.directory} holds no checkpoints: train first with python -m jaxmnist.train.")
+    if step == "best":
+        best = checkpoints.best_step()
+        if best is None:
+            raise CheckpointError(f"{checkpoints.directory} has no end-of-epoch checkpoint yet, so no best; use --step latest.")
+        return best
+    if step == "latest":
+        return checkpoints.latest_step()
+    if not step.isdigit() or int(step) not in checkpoints.steps():
+        raise CheckpointError(f"There is no checkpoint for --step {step} in {checkpoints.directory}; it has best, latest or {checkpoints.steps()}.")
+    return int(step)
+
+
+def restore_params(workdir: str | Path, step: str = "best") -> tuple[Any, dict[str, Any], int]:
+    """The parameters of one checkpoint, checked against the model; with its meta and step number."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise CheckpointError(f"--workdir {workdir} does not exist.")
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    number = resolve_step(checkpoints, step)
+    params, meta = checkpoints.restore_params(number)
+    expected = jax.eval_shape(lambda: CNN().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"])
+    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
+    if jax.tree.structure(params) != jax.tree.structure(expected) or shapes(params) != shapes(expected):
+        raise CheckpointError(f"Checkpoint step {number} in {workdir} holds parameters of another model: {shapes(params)}.")
+    return jax.tree.map(jnp.asarray, params), meta, number
+
+
+def load_model(workdir: str | Path, step: str = "best") -> Callable[[np.ndarray], np.ndarray]:
+    """A trained model as a function: images [N, 28, 28] (uint8, or already normalized float
+    [N, 28, 28, 1]) -> class probabilities [N, 10]."""
+    params, _, _ = restore_params(workdir, step)
+    forward = jax.jit(lambda images: jax.nn.softmax(CNN().apply({"params": params}, images)))
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        images = jnp.asarray(images)
+        return np.asarray(forward(normalize(images) if images.dtype == jnp.uint8 else images))
+
+    return predict
+
+
+def error_analysis(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """Confusion matrix, per-class accuracy, frequent confusions and every misclassified image."""
+    predictions = probabilities.argmax(axis=1)
+    confusion = np.zeros((10, 10), np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    per_class = {str(c): {"correct": int(confusion[c, c]), "total": int(confusion[c].sum()),
+                          "accuracy": 100.0 * confusion[c, c] / max(confusion[c].sum(), 1)} for c in range(10)}
+    off_diagonal = [(int(confusion[t, p]), t, p) for t in range(10) for p in range(10) if t != p and confusion[t, p]]
+    wrong = np.flatnonzero(predictions != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]], kind="stable")]  # most confident first
+    return {
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "top_confusions": [{"true": t, "predicted": p, "count": n} for n, t, p in sorted(off_diagonal, key=lambda e: (-e[0], e[1], e[2]))],
+        "misclassified": [{"index": int(i), "true": int(labels[i]), "predicted": int(predictions[i]),
+                           "confidence": float(probabilities[i, predictions[i]])} for i in wrong],
+    }
+
+
+def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.MNIST | None = None,
+                        data_dir: str | None = None, idx_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate one checkpoint on every test image; writes and returns <workdir>/eval/<step>.json."""
+    params, meta, number = restore_params(workdir, step)
+    if dataset is None:
+        if data_dir is None and idx_dir is None:  # by default, the data the run was trained on
+            data_dir, idx_dir = meta["config"].get("data_dir"), meta["config"].get("idx_dir")
+        dataset = data.load(data_dir, idx_dir)
+    batches = stack_batches(dataset.test_images, dataset.test_labels, meta["config"].get("eval_batch_size", 500))
+    totals, probabilities = evaluate(params, batches)
+    count = int(totals.count)
+    report = {
+        "step": number, "epoch": meta["epoch"], "correct": int(totals.correct), "test_images": count,
+        "test_accuracy": 100.0 * int(totals.correct) / count, "test_loss": float(totals.loss_sum) / count,
+        "logged_correct": meta.get("correct"),
+        **error_analysis(dataset.test_labels, np.asarray(probabilities)),
+    }
+    out = Path(workdir) / "eval"
+    out.mkdir(exist_ok=True)
+    (out / f"{number}.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The lab's accuracy line, then the per-class table, the confusion matrix and top confusions."""
+    log.info("Checkpoint step %d (epoch %d)", report["step"], report["epoch"])
+    log.info("Test Accuracy: %d/%d (%.2f%%)  test loss %.4f",
+             report["correct"], report["test_images"], report["test_accuracy"], report["test_loss"])
+    log.info("\nclass  correct / total  accuracy")
+    for c, row in report["per_class"].items():
+        log.info("%5s  %7d / %5d  %7.2f%%", c, row["correct"], row["total"], row["accuracy"])
+    log.info("\nconfusion matrix (rows: true, columns: predicted)")
+    log.info("      " + "".join(f"{p:>6d}" for p in range(10)))
+    for t, row in enumerate(report["confusion_matrix"]):
+        log.info(f"{t:>6d}" + "".join(f"{n:>6d}" for n in row))
+    log.info("\nmost frequent confusions (true -> predicted: count)")
+    for entry in report["top_confusions"][:10]:
+        log.info("  %d -> %d: %d", entry["true"], entry["predicted"], entry["count"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, evaluate, print; every expected failure is one line and exit 1."""
+    parser = argparse.ArgumentParser(prog="python -m jaxmnist.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
+    parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's own data source)")
+    parser.add_argument("--idx-dir", default=None, help="read the MNIST IDX files from here instead of TFDS")
+    args = parser.parse_args(argv)
+    setup_console()
+    try:
+        report = evaluate_checkpoint(args.workdir, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
+    except (data.DataError, CheckpointError) as error:
+        log.error("%s", error)
+        return 1
+    print_report(report)
+    log.info("\nWritten to %s", Path(args.workdir) / "eval" / f"{report['step']}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxmnist import evaluate, train
+from jaxmnist.config import Config
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 3-epoch run on small data, shared by the tests below (they only read it)."""
+    from conftest import make_mnist
+
+    dataset = make_mnist(200, 30)
+    workdir = tmp_path_factory.mktemp("run")
+    records = train.train_and_evaluate(Config(workdir=str(workdir), epochs=3, eval_batch_size=16), dataset)
+    return workdir, dataset, records
+
+
+def test_best_checkpoint_reproduces_the_logged_correct_count(trained_run):
+    workdir, dataset, records = trained_run
+    report = evaluate.evaluate_checkpoint(workdir, "best", dataset=dataset)
+    best = max(records, key=lambda r: (r["test_accuracy"], -r["step"]))
+    assert report["step"] == best["step"] and report["correct"] == best["correct"] == report["logged_correct"]
+    assert report["test_loss"] == pytest.approx(best["test_loss"], rel=1e-6)
+
+
+def test_report_fields_add_up(trained_run):
+    workdir, dataset, _ = trained_run
+    report = evaluate.evaluate_checkpoint(workdir, "latest", dataset=dataset)
+    saved = json.loads((workdir / "eval" / f"{report['step']}.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert sum(row["total"] for row in saved["per_class"].values()) == 30
+    assert sum(row["correct"] for row in saved["per_class"].values()) == saved["correct"]
+    assert np.trace(saved["confusion_matrix"]) == saved["correct"] and np.sum(saved["confusion_matrix"]) == 30
+    assert len(saved["misclassified"]) == 30 - saved["correct"]
+    confidences = [m["confidence"] for m in saved["misclassified"]]
+    assert confidences == sorted(confidences, reverse=True)
+    for m in saved["misclassified"]:
+        assert dataset.test_labels[m["index"]] == m["true"] != m["predicted"]
+
+
+def test_load_model_maps_uint8_and_normalized_images_to_probabilities(trained_run):
+    from jaxmnist.augment import normalize
+
+    workdir, dataset, _ = trained_run
+    predict = evaluate.load_model(workdir)
+    probabilities = predict(dataset.test_images[:5])
+    assert probabilities.shape == (5, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(predict(np.asarray(normalize(dataset.test_images[:5]))), probabilities, rtol=1e-6)
+
+
+def _one_line_failure(argv, capsys):
+    assert evaluate.main(argv) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_bad_workdirs_and_steps_are_one_line_errors(trained_run, tmp_path, capsys):
+    workdir, _, _ = trained_run
+    assert "does not exist" in _one_line_failure(["--workdir", str(tmp_path / "nowhere")], capsys)
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    assert "holds no checkpoints" in _one_line_failure(["--workdir", str(tmp_path / "empty")], capsys)
+    assert "no checkpoint for --step 7" in _one_line_failure(["--workdir", str(workdir), "--step", "7"], capsys)
+
+
+def test_a_damaged_checkpoint_is_a_one_line_error(trained_run, tmp_path, capsys):
+    source, _, _ = trained_run
+    workdir = tmp_path / "copy"
+    shutil.copytree(source, workdir)
+    step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    for path in (workdir / "checkpoints" / str(step) / "params").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"\0" * 10)
+    assert "is damaged or does not fit" in _one_line_failure(["--workdir", str(workdir), "--step", str(step)], capsys)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
+    import jax
+    import jax.numpy as jnp
+    from jaxmnist.checkpoint import Checkpoints
+
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    state = type("State", (), {"params": {"fc": {"kernel": jnp.zeros((3, 3))}}, "opt_state": {"count": jnp.int32(0)}})()
+    checkpoints.save(1, state, {"step": jnp.int32(1)}, {"epoch": 1, "step": 1, "config": {}}, None)
+    checkpoints.wait()
+    checkpoints.close()
+    assert "parameters of another model" in _one_line_failure(["--workdir", str(tmp_path), "--step", "latest"], capsys)
