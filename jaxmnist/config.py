@@ -34,6 +34,8 @@ class Config:
         "between log points in one compiled loop, fastest on GPU), auto (by backend)",
         choices=("auto", "python", "device"),
     )
+    compilation_cache: str = _knob(
+        "~/.cache/jaxmnist/xla", "JAX's persistent compilation cache, so a second run skips compiling; '' = off")
     checkpoint_seconds: float = _knob(30.0, "also save the latest state mid-epoch at most this often")
     restart: bool = _knob(False, "discard the checkpoints and metrics of a run already in --workdir")
 

@@ -60,6 +60,13 @@ def _interrupt_flag() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def enable_compilation_cache(directory: str) -> None:
+    """Keep compiled programs on disk across runs ('' leaves JAX's default: off)."""
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", str(Path(directory).expanduser()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def train_and_evaluate(config: Config, dataset: data.MNIST | None = None) -> list[dict[str, Any]]:
     """Train and evaluate per epoch; returns the epoch records. dataset overrides the data flags."""
     workdir = prepare_workdir(config.workdir, config.restart)
@@ -164,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, train, and turn every expected failure into one line and a non-zero exit."""
     config = parse_config(argv, prog="python -m jaxmnist.train", description=__doc__.splitlines()[0])
     setup_console()
+    enable_compilation_cache(config.compilation_cache)
     try:
         train_and_evaluate(config)
     except (data.DataError, CheckpointError, WorkdirError, TrainingStopped) as error:

@@ -1,0 +1,133 @@
+"""Benchmark jaxmnist's default recipe on real MNIST, optionally beside the lab's PyTorch script.
+
+    python scripts/bench.py --idx-dir ../shared/data/mnist-idx --epochs 5 --out bench.json
+    python scripts/bench.py --idx-dir ../shared/data/mnist-idx --torch-python venv-torch/bin/python \
+        --repeats 3 --out bench.json     # whole runs, start to exit, side by side
+
+Prints and writes as JSON: the device, compile seconds, median training seconds per epoch,
+images per second, evaluation seconds, test accuracy and peak memory. With --torch-python it
+also times complete runs of `python -m jaxmnist.train` and of ../shared/reference/seed_torch.py,
+alternating, on the same data, and reports the ratios. A script, not a test: figures drift on
+shared machines, so compare only ratios taken in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+from jaxmnist import data
+from jaxmnist.config import Config
+from jaxmnist.loops import evaluate, stack_batches
+from jaxmnist.reporting import device_description
+from jaxmnist.train import train_and_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH_SCRIPT = ROOT.parent / "shared" / "reference" / "seed_torch.py"
+
+
+def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
+    """Train with the default recipe and time compile, epochs and evaluation separately."""
+    start = time.perf_counter()
+    records = train_and_evaluate(config, dataset)
+    total = time.perf_counter() - start
+    train_seconds = [r["train_seconds"] for r in records]
+    steady = train_seconds[1:] or train_seconds  # epoch 1 also pays for compilation
+    from jaxmnist.evaluate import restore_params
+
+    params, _, _ = restore_params(config.workdir, "latest")
+    batches = stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size)
+    jax.block_until_ready(evaluate(params, batches))  # compile
+    eval_seconds = []
+    for _ in range(5):
+        t = time.perf_counter()
+        jax.block_until_ready(evaluate(params, batches))
+        eval_seconds.append(time.perf_counter() - t)
+    device = jax.devices()[0]
+    memory = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return {
+        "device": device_description(),
+        "epochs": len(records),
+        "compile_seconds_estimate": round(train_seconds[0] - statistics.median(steady), 3),
+        "median_train_seconds_per_epoch": round(statistics.median(steady), 3),
+        "images_per_second": round(len(dataset.train_images) / statistics.median(steady), 1),
+        "eval_seconds_median": round(statistics.median(eval_seconds), 4),
+        "test_accuracy_per_epoch": [r["test_accuracy"] for r in records],
+        "in_process_total_seconds": round(total, 3),
+        "peak_host_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_device_memory_mib": round(memory["peak_bytes_in_use"] / 2**20, 1) if memory else None,
+    }
+
+
+def _timed(command: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start, result.stdout
+
+
+def compare_with_torch(args, workdir: Path) -> dict:
+    """Whole runs, start to exit, alternating jaxmnist and the PyTorch script on the same data."""
+    torch_root = workdir / "torch-data"
+    raw = torch_root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in Path(args.idx_dir).glob("*-ubyte*"):  # torchvision wants them decompressed
+        target = raw / path.name.removesuffix(".gz")
+        target.write_bytes(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
+    runs = []
+    for repeat in range(args.repeats):
+        jax_workdir = workdir / f"jax-{repeat}"
+        source = ["--data-dir", args.data_dir] if args.data_dir else ["--idx-dir", args.idx_dir]
+        jax_seconds, jax_out = _timed([sys.executable, "-m", "jaxmnist.train", *source,
+                                       "--epochs", str(args.epochs), "--workdir", str(jax_workdir)])
+        torch_seconds, torch_out = _timed([args.torch_python, str(TORCH_SCRIPT), "--root", str(torch_root),
+                                           "--epochs", str(args.epochs), "--save", str(workdir / "seed_best.pt")])
+        jax_records = [json.loads(line) for line in (jax_workdir / "metrics.jsonl").read_text().splitlines()]
+        torch_summary = json.loads(torch_out.strip().splitlines()[-1])
+        runs.append({
+            "jaxmnist_seconds": round(jax_seconds, 2), "torch_seconds": round(torch_seconds, 2),
+            "ratio": round(jax_seconds / torch_seconds, 3),
+            "jaxmnist_accuracy": [r["test_accuracy"] for r in jax_records if r["kind"] == "epoch"],
+            "torch_accuracy": [e["acc"] for e in torch_summary["epochs"]],
+            "torch_train_seconds": sum(e["train_s"] for e in torch_summary["epochs"]),
+        })
+        print(json.dumps(runs[-1]), flush=True)
+    return {"whole_runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--idx-dir", help="MNIST IDX files (the PyTorch script reads these)")
+    parser.add_argument("--data-dir", help="TFDS data directory: jaxmnist reads this when given")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--loop", default="auto", choices=("auto", "python", "device"))
+    parser.add_argument("--torch-python", help="a Python with torch + torchvision: also time the lab's script")
+    parser.add_argument("--repeats", type=int, default=1, help="whole-run pairs with --torch-python")
+    parser.add_argument("--out", default="bench.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        config = Config(epochs=args.epochs, loop=args.loop, workdir=str(workdir / "in-process"))
+        dataset = data.load(args.data_dir) if args.data_dir else data.load(idx_dir=args.idx_dir)
+        result = measure_in_process(config, dataset)
+        print(json.dumps(result, indent=1), flush=True)
+        if args.torch_python:
+            result |= compare_with_torch(args, workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
