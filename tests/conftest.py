@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist.data import MNIST
+from jaxmnist.data import _IDX_FILES, MNIST
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -30,6 +30,20 @@ def make_mnist(num_train: int, num_test: int, seed: int = 0) -> MNIST:
         return np.asarray(images, np.uint8), np.asarray(labels, np.int32)
 
     return MNIST(*split(train_key, num_train), *split(test_key, num_test))
+
+
+def write_idx(folder, dataset, compress=True):
+    """Write a dataset as the four IDX files, the way the MNIST distribution lays them out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"train_images": dataset.train_images, "train_labels": dataset.train_labels,
+              "test_images": dataset.test_images, "test_labels": dataset.test_labels}
+    for name, (stem, magic) in _IDX_FILES.items():
+        array = arrays[name].astype(np.uint8)
+        header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+        raw = header + array.tobytes()
+        path = folder / (stem + ".gz" if compress else stem)
+        path.write_bytes(gzip.compress(raw) if compress else raw)
+    return folder
 
 
 @pytest.fixture

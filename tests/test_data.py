@@ -4,34 +4,20 @@ import numpy as np
 import pytest
 
 from jaxmnist import data
-from conftest import SHARED_DATA, make_mnist
-
-
-def _write_idx(folder, dataset, compress=True):
-    """Write a dataset as the four IDX files, the way the MNIST distribution lays them out."""
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"train_images": dataset.train_images, "train_labels": dataset.train_labels,
-              "test_images": dataset.test_images, "test_labels": dataset.test_labels}
-    for name, (stem, magic) in data._IDX_FILES.items():
-        array = arrays[name].astype(np.uint8)
-        header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
-        raw = header + array.tobytes()
-        path = folder / (stem + ".gz" if compress else stem)
-        path.write_bytes(gzip.compress(raw) if compress else raw)
-    return folder
+from conftest import SHARED_DATA, make_mnist, write_idx
 
 
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_files_read_back_exactly(tmp_path, compress):
     original = make_mnist(50, 20)
-    loaded = data.load_idx(str(_write_idx(tmp_path, original, compress)))
+    loaded = data.load_idx(str(write_idx(tmp_path, original, compress)))
     for got, expected in zip(loaded, original):
         np.testing.assert_array_equal(got, expected)
     assert loaded.train_images.dtype == np.uint8 and loaded.train_labels.dtype == np.int32
 
 
 def test_a_truncated_idx_file_is_an_error_not_a_short_dataset(tmp_path):
-    folder = _write_idx(tmp_path, make_mnist(50, 20), compress=False)
+    folder = write_idx(tmp_path, make_mnist(50, 20), compress=False)
     path = folder / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(data.DataError, match="is damaged: its header promises"):
@@ -39,7 +25,7 @@ def test_a_truncated_idx_file_is_an_error_not_a_short_dataset(tmp_path):
 
 
 def test_a_wrong_magic_number_is_an_error(tmp_path):
-    folder = _write_idx(tmp_path, make_mnist(50, 20), compress=False)
+    folder = write_idx(tmp_path, make_mnist(50, 20), compress=False)
     path = folder / "t10k-labels-idx1-ubyte"
     path.write_bytes(b"\x00\x00\x08\x03" + path.read_bytes()[4:])
     with pytest.raises(data.DataError, match="is not an MNIST IDX file"):
@@ -47,7 +33,7 @@ def test_a_wrong_magic_number_is_an_error(tmp_path):
 
 
 def test_a_missing_idx_file_is_named(tmp_path):
-    folder = _write_idx(tmp_path, make_mnist(50, 20))
+    folder = write_idx(tmp_path, make_mnist(50, 20))
     (folder / "t10k-images-idx3-ubyte.gz").unlink()
     with pytest.raises(data.DataError, match="has no t10k-images-idx3-ubyte"):
         data.load_idx(str(folder))

@@ -1,0 +1,157 @@
+"""Draw a run's figures: learning curves, training samples, confusion matrix, misclassified digits.
+
+    python scripts/plot.py --workdir runs/mnist                      # -> runs/mnist/plots/*.png
+    python scripts/plot.py --workdir runs/a --workdir runs/b --out cmp  # curves of several runs
+
+Reads <workdir>/metrics.jsonl and <workdir>/eval/<best step>.json (computing the latter with
+jaxmnist.evaluate when it is missing). The only module that imports matplotlib; runs headless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed
+import jax  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxmnist import data  # noqa: E402
+from jaxmnist.augment import random_rotation  # noqa: E402
+from jaxmnist.checkpoint import CheckpointError, Checkpoints  # noqa: E402
+from jaxmnist.config import Config  # noqa: E402
+from jaxmnist.evaluate import evaluate_checkpoint  # noqa: E402
+from jaxmnist.loops import epoch_order  # noqa: E402
+from jaxmnist.reporting import MetricsLog  # noqa: E402
+from jaxmnist.steps import derive_keys  # noqa: E402
+
+
+def plot_curves(workdirs: list[Path], out: Path) -> None:
+    """Training loss (every log point and per epoch), test loss, test accuracy and learning rate."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    (loss_ax, test_loss_ax), (accuracy_ax, lr_ax) = axes
+    for workdir in workdirs:
+        metrics = MetricsLog(workdir / "metrics.jsonl")
+        points, epochs = metrics.records("train"), metrics.records("epoch")
+        steps_per_epoch = epochs[0]["step"] / epochs[0]["epoch"] if epochs else 1
+        name = workdir.name if len(workdirs) > 1 else None
+        line = loss_ax.plot([p["step"] / steps_per_epoch for p in points], [p["loss"] for p in points],
+                            alpha=0.45, lw=1, label=f"{name}: batch" if name else "one batch (log points)")[0]
+        x = [e["epoch"] for e in epochs]
+        loss_ax.plot(x, [e["train_loss"] for e in epochs], "o-", color=line.get_color(),
+                     label=f"{name}: epoch mean" if name else "epoch mean")
+        test_loss_ax.plot(x, [e["test_loss"] for e in epochs], "o-", label=name)
+        accuracy_ax.plot(x, [e["test_accuracy"] for e in epochs], "o-", label=name)
+        lr_ax.step(x, [e["lr"] for e in epochs], "o-", where="mid", label=name)
+    loss_ax.set(title="Training loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
+    test_loss_ax.set(title="Test loss (10,000 unrotated images)", xlabel="epoch", ylabel="cross-entropy")
+    accuracy_ax.set(title="Test accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    accuracy_ax.axhline(99.05, color="grey", ls=":", lw=1, label="the lab: 99.05%")
+    lr_ax.set(title="Learning rate", xlabel="epoch", ylabel="Adam learning rate", yscale="log")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=90)
+    plt.close(fig)
+
+
+def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16) -> None:
+    """The first images of epoch 1's first batch, shuffled and rotated exactly as training saw them."""
+    keys = derive_keys(config.seed)
+    order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(dataset.train_images), config.batch_size)
+    ids = np.asarray(order.indices[0])
+    images = random_rotation(jax.random.fold_in(keys.augment, 0), dataset.train_images[ids], config.rotation)
+    fig, axes = plt.subplots(2, count // 2, figsize=(count * 0.75, 3.4))
+    for ax, image, label in zip(axes.flat, np.asarray(images), dataset.train_labels[ids]):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(str(label))
+        ax.axis("off")
+    fig.suptitle(f"First training batch of epoch 1, as the model sees it (rotation +-{config.rotation:g} degrees)")
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=90)
+    plt.close(fig)
+
+
+def plot_confusion(report: dict, out: Path) -> None:
+    """The 10x10 confusion matrix, counts annotated; the diagonal is shaded separately."""
+    matrix = np.array(report["confusion_matrix"])
+    errors = np.where(np.eye(10, dtype=bool), 0, matrix)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(errors, cmap="Reds")
+    for t in range(10):
+        for p in range(10):
+            if matrix[t, p]:
+                ax.text(p, t, matrix[t, p], ha="center", va="center", fontsize=8,
+                        color="black" if t != p else "tab:green", weight="bold" if t == p else None)
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
+           title=f"Confusion matrix, step {report['step']}: {report['correct']}/{report['test_images']} correct\n"
+                 "(colour: mistakes only; green: correct counts)")
+    fig.colorbar(image, ax=ax, label="misclassified images")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=90)
+    plt.close(fig)
+
+
+def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 60) -> None:
+    """The misclassified test images, most confident mistakes first."""
+    wrong = report["misclassified"][:limit]
+    columns = 10
+    rows = max(1, -(-len(wrong) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.25, rows * 1.45 + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, wrong):
+        ax.imshow(dataset.test_images[m["index"]], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{m['true']} -> {m['predicted']} ({m['confidence']:.2f})", fontsize=8)
+    shown = f"the {len(wrong)} most confident" if len(report["misclassified"]) > limit else "all"
+    fig.suptitle(f"Misclassified test images ({shown} of {len(report['misclassified'])}): true -> predicted (confidence)")
+    fig.tight_layout()
+    fig.savefig(out / "errors.png", dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", action="append", required=True, help="a run's workdir; repeat to overlay runs")
+    parser.add_argument("--out", help="where the PNGs go (default: <first workdir>/plots)")
+    parser.add_argument("--data-dir", help="TFDS data directory (default: the run's own data source)")
+    parser.add_argument("--idx-dir", help="MNIST IDX files (default: the run's own data source)")
+    args = parser.parse_args(argv)
+    workdirs = [Path(w) for w in args.workdir]
+    for workdir in workdirs:
+        if not (workdir / "metrics.jsonl").is_file():
+            print(f"{workdir} has no metrics.jsonl: is it a jaxmnist workdir?", file=sys.stderr)
+            return 1
+    out = Path(args.out) if args.out else workdirs[0] / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(workdirs, out)
+
+    # The per-image figures describe the first run's best checkpoint.
+    workdir = workdirs[0]
+    config = Config(**{**json.loads((workdir / "config.json").read_text())["config"], "restart": False})
+    try:
+        given = args.data_dir is not None or args.idx_dir is not None
+        dataset = data.load(*((args.data_dir, args.idx_dir) if given else (config.data_dir, config.idx_dir)))
+        best = Checkpoints(workdir / "checkpoints", read_only=True).best_step()
+        eval_path = workdir / "eval" / f"{best}.json"
+        report = json.loads(eval_path.read_text()) if eval_path.is_file() else evaluate_checkpoint(workdir, "best", dataset)
+    except (data.DataError, CheckpointError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    plot_samples(config, dataset, out)
+    plot_confusion(report, out)
+    plot_errors(report, dataset, out)
+    print(f"Wrote curves.png, samples.png, confusion.png and errors.png to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

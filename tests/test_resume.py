@@ -1,0 +1,178 @@
+"""Never lose work: real subprocess runs killed, interrupted, diverging, and resumed."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmnist.checkpoint import Checkpoints
+from conftest import make_mnist, write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    return write_idx(tmp_path_factory.mktemp("idx"), make_mnist(200, 30))
+
+
+def _command(idx_dir, workdir, *extra):
+    # 13 steps an epoch; a checkpoint at every log point, so a kill can land anywhere.
+    return [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir),
+            "--epochs", "3", "--batch-size", "16", "--log-every", "2", "--eval-batch-size", "16",
+            "--checkpoint-seconds", "0.001", "--compilation-cache", "", *extra]
+
+
+def _run(command):
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def _start(command):
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_for_lines(process, count, prefix="Train Epoch"):
+    seen = 0
+    for line in process.stdout:
+        seen += line.startswith(prefix)
+        if seen >= count:
+            return
+    raise AssertionError("the run ended before the expected line")
+
+
+def _results(workdir):
+    """What must be identical: every metric except wall-clock times, and the final parameters."""
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        for timing in ("train_seconds", "epoch_seconds", "images_per_second"):
+            record.pop(timing, None)
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    params, _ = checkpoints.restore_params(checkpoints.latest_step())
+    return records, params
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(idx_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("straight")
+    assert _run(_command(idx_dir, workdir)).returncode == 0
+    return _results(workdir)
+
+
+def _assert_same(workdir, uninterrupted):
+    records, params = _results(workdir)
+    expected_records, expected_params = uninterrupted
+    assert records == expected_records
+    for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(expected_params)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_killed_three_times_and_resumed_equals_an_uninterrupted_run(idx_dir, tmp_path, uninterrupted):
+    workdir = tmp_path / "run"
+    for lines in (3, 5, 4):  # SIGKILL at three different points, one of them mid-epoch-2
+        process = _start(_command(idx_dir, workdir))
+        _wait_for_lines(process, lines)
+        process.kill()
+        process.wait()
+    result = _run(_command(idx_dir, workdir))
+    assert result.returncode == 0, result.stderr
+    assert "Resuming from epoch" in result.stdout
+    _assert_same(workdir, uninterrupted)
+
+
+def test_a_save_cut_short_by_a_kill_is_ignored(idx_dir, tmp_path, uninterrupted):
+    workdir = tmp_path / "run"
+    process = _start(_command(idx_dir, workdir))
+    _wait_for_lines(process, 3)
+    process.kill()
+    process.wait()
+    # What a kill in the middle of writing leaves: a temporary directory holding part of a checkpoint.
+    checkpoints = workdir / "checkpoints"
+    latest = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    partial = checkpoints / f"{latest + 1}.orbax-checkpoint-tmp-1234567890"
+    shutil.copytree(checkpoints / str(latest), partial)
+    shutil.rmtree(partial / "opt_state")
+    result = _run(_command(idx_dir, workdir))
+    assert result.returncode == 0, result.stderr
+    _assert_same(workdir, uninterrupted)
+
+
+def test_a_damaged_latest_checkpoint_is_reported_and_an_older_one_used(idx_dir, tmp_path, uninterrupted):
+    workdir = tmp_path / "run"
+    process = _start(_command(idx_dir, workdir))
+    _wait_for_lines(process, 12)  # into epoch 2: a best (end of epoch 1) and a newer latest exist
+    process.kill()
+    process.wait()
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    steps = checkpoints.steps()
+    assert len(steps) == 2
+    for path in (workdir / "checkpoints" / str(steps[-1]) / "params").rglob("*"):
+        if path.is_file() and path.stat().st_size:
+            path.write_bytes(b"garbage")
+    result = _run(_command(idx_dir, workdir))
+    assert result.returncode == 0, result.stderr
+    assert f"Checkpoint step {steps[-1]}" in result.stdout and f"resuming from step {steps[0]}" in result.stdout
+    _assert_same(workdir, uninterrupted)
+
+
+def test_ctrl_c_saves_and_says_how_to_resume(idx_dir, tmp_path, uninterrupted):
+    workdir = tmp_path / "run"
+    process = _start(_command(idx_dir, workdir))
+    _wait_for_lines(process, 4)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert out.strip().splitlines()[-1].startswith("Interrupted at epoch")
+    assert "run the same command again to resume" in out
+    result = _run(_command(idx_dir, workdir))
+    assert result.returncode == 0, result.stderr
+    _assert_same(workdir, uninterrupted)
+
+
+def test_a_different_configuration_is_refused_and_restart_starts_over(idx_dir, tmp_path):
+    workdir = tmp_path / "run"
+    assert _run(_command(idx_dir, workdir, "--epochs", "1")).returncode == 0
+    refused = _run(_command(idx_dir, workdir, "--epochs", "1", "--rotation", "5", "--seed", "3"))
+    assert refused.returncode == 1
+    assert refused.stdout.strip().splitlines()[-1] == (
+        f"{workdir} holds a run with different settings (--rotation 10.0 -> 5.0, --seed 0 -> 3); "
+        "use another --workdir, or --restart to discard that run."
+    )
+    restarted = _run(_command(idx_dir, workdir, "--epochs", "1", "--rotation", "5", "--seed", "3", "--restart"))
+    assert restarted.returncode == 0 and "Resuming" not in restarted.stdout
+    # More epochs is safe to continue.
+    longer = _run(_command(idx_dir, workdir, "--epochs", "2", "--rotation", "5", "--seed", "3"))
+    assert longer.returncode == 0 and "Resuming from epoch 2" in longer.stdout
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(idx_dir, tmp_path):
+    from jaxmnist.config import Config
+    from jaxmnist.steps import create_train_state
+
+    workdir = tmp_path / "run"
+    assert _run(_command(idx_dir, workdir, "--epochs", "1")).returncode == 0
+    # Inject a divergence: a newer checkpoint whose parameters are NaN, as an exploding run leaves.
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    best = checkpoints.best_step()
+    template = create_train_state(Config(), jax.random.key(0), 13)
+    progress = {"step": template.step, "loss_sum": np.float32(0), "images": np.float32(0)}
+    state, progress, meta = checkpoints.restore(best, template, progress)
+    poisoned = state.replace(step=best + 1, params=jax.tree.map(lambda p: p * np.nan, state.params))
+    checkpoints.save(best + 1, poisoned, {**progress, "step": best + 1}, {**meta, "step": best + 1}, None)
+    checkpoints.wait()
+    checkpoints.close()
+
+    diverged = _run(_command(idx_dir, workdir))
+    assert diverged.returncode == 1
+    assert diverged.stdout.strip().splitlines()[-1].startswith("The training loss became nan at epoch 2, step 15;")
+    kept = Checkpoints(workdir / "checkpoints", read_only=True)
+    assert kept.best_step() == best
+    params, meta = kept.restore_params(best)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
