@@ -10,6 +10,7 @@ restore the parameters alone:
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,25 @@ class Checkpoints:
 
     def best_step(self) -> int | None:
         """The step with the highest test accuracy (earliest on a tie), or None."""
-        with_metrics = [s for s in self.steps() if self._manager.metrics(s) is not None]
-        return max(with_metrics, key=lambda s: _rank(self._manager.metrics(s))) if with_metrics else None
+        with_metrics = [s for s in self.steps() if self.metrics(s) is not None]
+        return max(with_metrics, key=lambda s: _rank(self.metrics(s))) if with_metrics else None
+
+    def metrics(self, step: int) -> dict[str, float] | None:
+        """The test metrics saved with an end-of-epoch checkpoint (None mid-epoch)."""
+        return self._manager.metrics(step)
+
+    def meta(self, step: int) -> dict[str, Any]:
+        """The JSON item alone (epoch, step, config, test metrics): cheap, no arrays read."""
+        return self._restore(step, meta=ocp.args.JsonRestore()).meta
+
+    def set_aside(self, step: int) -> Path:
+        """Move a damaged checkpoint out of the way (not deleted: it is the user's) and forget it."""
+        target = self.directory.parent / "damaged-checkpoints" / str(step)
+        target.parent.mkdir(exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(self.directory / str(step), target)
+        self._manager.reload()
+        return target
 
     def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None) -> None:
         """Start an asynchronous save; metrics (test accuracy) make it a candidate for best."""

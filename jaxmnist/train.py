@@ -64,7 +64,7 @@ def enable_compilation_cache(directory: str) -> None:
     """Keep compiled programs on disk across runs ('' leaves JAX's default: off)."""
     if directory:
         jax.config.update("jax_compilation_cache_dir", str(Path(directory).expanduser()))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def train_and_evaluate(config: Config, dataset: data.MNIST | None = None) -> list[dict[str, Any]]:
@@ -85,20 +85,11 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None) -> lis
     metrics = MetricsLog(workdir / "metrics.jsonl")
     checkpoints = Checkpoints(workdir / "checkpoints")
 
-    step = 0
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        check_resumable(checkpoints.restore_params(latest)[1]["config"], config)
-        state, progress, meta = checkpoints.restore(latest, state, totals._asdict() | {"step": state.step})
-        totals = TrainTotals(progress["loss_sum"], progress["images"])
-        step = int(progress["step"])
-        metrics.truncate_after(step)
-        log.info("Resuming from epoch %d, step %d", step // num_steps + 1, step)
-    else:
-        metrics.truncate_after(-1)
+    state, totals, step = _resume(checkpoints, config, state, totals, num_steps)
+    metrics.truncate_after(step)
     write_config(workdir, config)
     best_step = checkpoints.best_step()
-    best_accuracy = checkpoints.restore_params(best_step)[1]["test_accuracy"] if best_step is not None else -1.0
+    best_accuracy = checkpoints.metrics(best_step)["test_accuracy"] if best_step is not None else -1.0
 
     def save(epoch_record: dict[str, Any] | None) -> None:
         progress = {"step": state.step, "loss_sum": totals.loss_sum, "images": totals.images}
@@ -150,6 +141,27 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None) -> lis
         checkpoints.wait()  # asynchronous saves must reach the disk before the process ends
         checkpoints.close()
     return records
+
+
+def _resume(checkpoints: Checkpoints, config: Config, state, totals: TrainTotals, num_steps: int):
+    """Continue from the newest usable checkpoint: (state, totals, step); step 0 when there is none.
+
+    A checkpoint that cannot be read is reported in one line and set aside, and the next older
+    one is tried, so a kill that damaged the newest save costs only the work since the one before.
+    """
+    template = totals._asdict() | {"step": state.step}
+    for step in reversed(checkpoints.steps()):
+        try:
+            check_resumable(checkpoints.meta(step)["config"], config)
+            state, progress, _ = checkpoints.restore(step, state, template)
+        except CheckpointError as error:
+            log.warning("%s It was moved to %s.", error, checkpoints.set_aside(step))
+            continue
+        step = int(progress["step"])
+        if step < config.epochs * num_steps:
+            log.info("Resuming from epoch %d, step %d", step // num_steps + 1, step)
+        return state, TrainTotals(progress["loss_sum"], progress["images"]), step
+    return state, totals, 0
 
 
 def _epoch_record(epoch, step, schedule, totals, eval_totals, train_seconds, epoch_seconds) -> dict[str, Any]:

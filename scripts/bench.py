@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
 import resource
 import shutil
 import statistics
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="whole-run pairs with --torch-python")
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args()
+    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's routine notices are not for the reader
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         config = Config(epochs=args.epochs, loop=args.loop, workdir=str(workdir / "in-process"))

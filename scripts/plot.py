@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16
     order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(dataset.train_images), config.batch_size)
     ids = np.asarray(order.indices[0])
     images = random_rotation(jax.random.fold_in(keys.augment, 0), dataset.train_images[ids], config.rotation)
-    fig, axes = plt.subplots(2, count // 2, figsize=(count * 0.75, 3.4))
+    fig, axes = plt.subplots(2, count // 2, figsize=(count * 0.75, 4.2))
     for ax, image, label in zip(axes.flat, np.asarray(images), dataset.train_labels[ids]):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(str(label))
@@ -100,7 +101,7 @@ def plot_confusion(report: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 60) -> None:
+def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 150) -> None:
     """The misclassified test images, most confident mistakes first."""
     wrong = report["misclassified"][:limit]
     columns = 10
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="TFDS data directory (default: the run's own data source)")
     parser.add_argument("--idx-dir", help="MNIST IDX files (default: the run's own data source)")
     args = parser.parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's routine notices are not for the reader
     workdirs = [Path(w) for w in args.workdir]
     for workdir in workdirs:
         if not (workdir / "metrics.jsonl").is_file():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -23,11 +24,15 @@ def idx_dir(tmp_path_factory):
     return write_idx(tmp_path_factory.mktemp("idx"), make_mnist(200, 30))
 
 
+# One compilation cache for every run of this module: each subprocess skips compiling.
+COMPILATION_CACHE = Path(os.environ.get("PYTEST_XLA_CACHE", "/tmp/jaxmnist-test-xla-cache"))
+
+
 def _command(idx_dir, workdir, *extra):
     # 13 steps an epoch; a checkpoint at every log point, so a kill can land anywhere.
     return [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir),
             "--epochs", "3", "--batch-size", "16", "--log-every", "2", "--eval-batch-size", "16",
-            "--checkpoint-seconds", "0.001", "--compilation-cache", "", *extra]
+            "--checkpoint-seconds", "0.001", "--compilation-cache", str(COMPILATION_CACHE), *extra]
 
 
 def _run(command):
@@ -118,7 +123,9 @@ def test_a_damaged_latest_checkpoint_is_reported_and_an_older_one_used(idx_dir, 
             path.write_bytes(b"garbage")
     result = _run(_command(idx_dir, workdir))
     assert result.returncode == 0, result.stderr
-    assert f"Checkpoint step {steps[-1]}" in result.stdout and f"resuming from step {steps[0]}" in result.stdout
+    assert f"Checkpoint step {steps[-1]} in {workdir / 'checkpoints'} is damaged" in result.stdout
+    assert f"Resuming from epoch 2, step {steps[0]}" in result.stdout
+    assert (workdir / "damaged-checkpoints" / str(steps[-1])).is_dir()  # set aside, not deleted
     _assert_same(workdir, uninterrupted)
 
 
@@ -162,7 +169,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(idx_dir, 
     checkpoints = Checkpoints(workdir / "checkpoints")
     best = checkpoints.best_step()
     template = create_train_state(Config(), jax.random.key(0), 13)
-    progress = {"step": template.step, "loss_sum": np.float32(0), "images": np.float32(0)}
+    progress = {"step": template.step, "loss_sum": jnp.zeros(()), "images": jnp.zeros(())}
     state, progress, meta = checkpoints.restore(best, template, progress)
     poisoned = state.replace(step=best + 1, params=jax.tree.map(lambda p: p * np.nan, state.params))
     checkpoints.save(best + 1, poisoned, {**progress, "step": best + 1}, {**meta, "step": best + 1}, None)
@@ -171,7 +178,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(idx_dir, 
 
     diverged = _run(_command(idx_dir, workdir))
     assert diverged.returncode == 1
-    assert diverged.stdout.strip().splitlines()[-1].startswith("The training loss became nan at epoch 2, step 15;")
+    assert diverged.stdout.strip().splitlines()[-1].startswith("The training loss became nan at epoch 2, step 16;")
     kept = Checkpoints(workdir / "checkpoints", read_only=True)
     assert kept.best_step() == best
     params, meta = kept.restore_params(best)
