@@ -34,6 +34,7 @@ class Config:
         "between log points in one compiled loop, fastest on GPU), auto (by backend)",
         choices=("auto", "python", "device"),
     )
+    devices: str = _knob("all", "data-parallel over all local devices (and every process's), or the first N")
     compilation_cache: str = _knob(
         "~/.cache/jaxmnist/xla", "JAX's persistent compilation cache, so a second run skips compiling; '' = off")
     checkpoint_seconds: float = _knob(30.0, "also save the latest state mid-epoch at most this often")
@@ -51,6 +52,8 @@ class Config:
             raise ValueError(f"--lr-decay must be in (0, 1], got {self.lr_decay}.")
         if not 0 <= self.rotation <= 180:
             raise ValueError(f"--rotation must be between 0 and 180 degrees, got {self.rotation}.")
+        if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) > 0):
+            raise ValueError(f"--devices must be 'all' or a positive integer, got {self.devices}.")
         if self.data_dir is not None and self.idx_dir is not None:
             raise ValueError("Give either --data-dir (TFDS) or --idx-dir (IDX files), not both.")
 
@@ -72,9 +75,16 @@ def _field_type(field: dataclasses.Field) -> type:
     return str
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser with one --flag per Config field; unknown flags are errors."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description)
     for field in dataclasses.fields(Config):
         kwargs: dict[str, Any] = {"default": field.default, "help": f"{field.metadata['help']} (default: %(default)s)"}
         if "choices" in field.metadata:

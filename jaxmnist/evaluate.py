@@ -6,7 +6,6 @@ of correct test images is exactly the one its training epoch logged.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from jaxmnist import data
 from jaxmnist.augment import normalize
 from jaxmnist.checkpoint import CheckpointError, Checkpoints
+from jaxmnist.config import OneLineParser
 from jaxmnist.loops import evaluate, stack_batches
 from jaxmnist.model import CNN
 from jaxmnist.reporting import log, setup_console
@@ -51,7 +51,9 @@ def restore_params(workdir: str | Path, step: str = "best") -> tuple[Any, dict[s
     expected = jax.eval_shape(lambda: CNN().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"])
     shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
     if jax.tree.structure(params) != jax.tree.structure(expected) or shapes(params) != shapes(expected):
-        raise CheckpointError(f"Checkpoint step {number} in {workdir} holds parameters of another model: {shapes(params)}.")
+        raise CheckpointError(
+            f"Checkpoint step {number} in {workdir} holds parameters of another model, not the lab's 28,938-parameter CNN."
+        )
     return jax.tree.map(jnp.asarray, params), meta, number
 
 
@@ -95,7 +97,7 @@ def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.M
         if data_dir is None and idx_dir is None:  # by default, the data the run was trained on
             data_dir, idx_dir = meta["config"].get("data_dir"), meta["config"].get("idx_dir")
         dataset = data.load(data_dir, idx_dir)
-    batches = stack_batches(dataset.test_images, dataset.test_labels, meta["config"].get("eval_batch_size", 500))
+    batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, meta["config"].get("eval_batch_size", 500)))
     totals, probabilities = evaluate(params, batches)
     count = int(totals.count)
     report = {
@@ -129,7 +131,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, evaluate, print; every expected failure is one line and exit 1."""
-    parser = argparse.ArgumentParser(prog="python -m jaxmnist.evaluate", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m jaxmnist.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
     parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's own data source)")

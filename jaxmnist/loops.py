@@ -60,70 +60,83 @@ def epoch_order(key: jax.Array, num_images: int, batch_size: int) -> EpochOrder:
     return EpochOrder(indices.reshape(num_steps, batch_size), mask.reshape(num_steps, batch_size))
 
 
-def _step_body(state, totals: TrainTotals, data: DeviceDataset, order: EpochOrder, index, augment_key, rotation):
+def _constrain(batch: Batch, sharding) -> Batch:
+    """Split a batch across the mesh (None: leave placement to the compiler, one device)."""
+    return batch if sharding is None else jax.lax.with_sharding_constraint(batch, sharding)
+
+
+def _step_body(state, totals: TrainTotals, data: DeviceDataset, order: EpochOrder, index, augment_key,
+               rotation: float, batch_sharding):
     ids = order.indices[index]  # [B]
-    batch = Batch(data.images[ids], data.labels[ids], order.mask[index])
+    batch = _constrain(Batch(data.images[ids], data.labels[ids], order.mask[index]), batch_sharding)
     # Keyed by the global step, so a resumed run draws exactly the angles it would have drawn.
     state, loss = train_step(state, batch, jax.random.fold_in(augment_key, state.step), rotation)
     real = jnp.sum(batch.mask)
     return state, TrainTotals(totals.loss_sum + loss * real, totals.images + real), loss
 
 
-_jitted_step = jax.jit(_step_body, static_argnames=("rotation",), donate_argnames=("state", "totals"))
+_STATIC = ("rotation", "batch_sharding")
+_jitted_step = jax.jit(_step_body, static_argnames=_STATIC, donate_argnames=("state", "totals"))
 
 
-def run_steps_python(state, totals, data, order, start: int, stop: int, augment_key, rotation: float):
+def run_steps_python(state, totals, data, order, start: int, stop: int, augment_key, rotation: float, batch_sharding=None):
     """Steps start..stop-1 of the epoch, one jitted call each; returns the last step's loss."""
     loss = None
     for index in range(start, stop):
-        state, totals, loss = _jitted_step(state, totals, data, order, index, augment_key, rotation=rotation)
+        state, totals, loss = _jitted_step(state, totals, data, order, index, augment_key,
+                                           rotation=rotation, batch_sharding=batch_sharding)
     return state, totals, loss
 
 
-@functools.partial(jax.jit, static_argnames=("rotation",), donate_argnames=("state", "totals"))
-def run_steps_device(state, totals, data, order, start, stop, augment_key, rotation: float):
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state", "totals"))
+def run_steps_device(state, totals, data, order, start, stop, augment_key, rotation: float, batch_sharding=None):
     """Steps start..stop-1 of the epoch in one compiled loop; returns the last step's loss."""
 
     def body(index, carry):
         state, totals, _ = carry
-        return _step_body(state, totals, data, order, index, augment_key, rotation)
+        return _step_body(state, totals, data, order, index, augment_key, rotation, batch_sharding)
 
     carry = (state, totals, jnp.zeros((), jnp.float32))
     return jax.lax.fori_loop(start, stop, body, carry)
 
 
-def choose_runner(loop: str, platform: str) -> RunSteps:
-    """The driver for --loop: auto picks the Python loop on CPU and the compiled loop elsewhere."""
+def make_runner(loop: str, platform: str, rotation: float, batch_sharding=None) -> RunSteps:
+    """run_steps(state, totals, data, order, start, stop, augment_key) for --loop: auto picks the
+    Python loop on CPU and the compiled loop elsewhere."""
     if loop == "auto":
         loop = "python" if platform == "cpu" else "device"
-    return run_steps_python if loop == "python" else run_steps_device
+    runner = run_steps_python if loop == "python" else run_steps_device
+    return functools.partial(runner, rotation=rotation, batch_sharding=batch_sharding)
 
 
 def stack_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batch:
-    """A whole split as [S, B, ...] device arrays, the last batch padded and masked."""
+    """A whole split as [S, B, ...] arrays, the last batch padded and masked."""
     num_steps = -(-len(images) // batch_size)
     padding = num_steps * batch_size - len(images)
     mask = np.concatenate([np.ones(len(images), np.float32), np.zeros(padding, np.float32)])
     images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
     labels = np.concatenate([labels, np.zeros(padding, labels.dtype)])
     return Batch(
-        jnp.asarray(images.reshape(num_steps, batch_size, *images.shape[1:])),
-        jnp.asarray(labels.reshape(num_steps, batch_size)),
-        jnp.asarray(mask.reshape(num_steps, batch_size)),
+        images.reshape(num_steps, batch_size, *images.shape[1:]),
+        labels.reshape(num_steps, batch_size),
+        mask.reshape(num_steps, batch_size),
     )
 
 
-@jax.jit
-def _eval_batch(params, batches: Batch, index) -> tuple[EvalTotals, jax.Array]:
-    return eval_step(params, jax.tree.map(lambda x: x[index], batches))
+@functools.partial(jax.jit, static_argnames="batch_sharding")
+def _eval_batch(params, batches: Batch, index, batch_sharding=None) -> tuple[EvalTotals, jax.Array]:
+    return eval_step(params, _constrain(jax.tree.map(lambda x: x[index], batches), batch_sharding))
 
 
-def evaluate(params, batches: Batch) -> tuple[EvalTotals, jax.Array]:
-    """Forward pass over every batch: summed totals, and probabilities [N, 10] of the real images."""
+def evaluate(params, batches: Batch, batch_sharding=None, with_probabilities: bool = True):
+    """Forward pass over every batch: summed totals, and (unless not wanted) the probabilities
+    [N, 10] of the real images."""
     totals, probabilities = None, []
     for index in range(batches.images.shape[0]):
-        batch_totals, batch_probabilities = _eval_batch(params, batches, index)
+        batch_totals, batch_probabilities = _eval_batch(params, batches, index, batch_sharding=batch_sharding)
         totals = batch_totals if totals is None else jax.tree.map(jnp.add, totals, batch_totals)
         probabilities.append(batch_probabilities)
+    if not with_probabilities:
+        return totals, None
     num_real = int(totals.count)  # the padding sits at the end of the last batch
     return totals, jnp.concatenate(probabilities)[:num_real]

@@ -9,8 +9,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from jaxmnist.config import Config
 
 log = logging.getLogger("jaxmnist")
@@ -27,16 +25,10 @@ def setup_console() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def device_description() -> str:
-    """E.g. 'cpu (1 x cpu)' or 'gpu (1 x NVIDIA H100 80GB HBM3)'."""
-    devices = jax.devices()
-    return f"{devices[0].platform} ({len(devices)} x {devices[0].device_kind})"
-
-
-def write_config(workdir: Path, config: Config) -> None:
+def write_config(workdir: Path, config: Config, device: str) -> None:
     """config.json: every knob plus the library versions and the device, for reproducing the run."""
     versions = {name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")}
-    record = {"config": config.to_dict(), "versions": versions, "device": device_description()}
+    record = {"config": config.to_dict(), "versions": versions, "device": device}
     (workdir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -50,17 +42,20 @@ def _version(package: str) -> str | None:
 class MetricsLog:
     """metrics.jsonl, one JSON object a line: kind "train" at log points, kind "epoch" per epoch."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = path
+        self.enabled = enabled  # False in every process but the first of a multi-process run
 
     def truncate_after(self, step: int) -> None:
         """Drop records past step: a resumed run replays them, and must not write them twice."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
 

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 
 from jaxmnist import data
 from jaxmnist.checkpoint import CheckpointError, Checkpoints
 from jaxmnist.config import Config, parse_config
-from jaxmnist.loops import DeviceDataset, TrainTotals, choose_runner, epoch_order, evaluate, stack_batches
-from jaxmnist.reporting import MetricsLog, device_description, epoch_line, log, setup_console, train_line, write_config
+from jaxmnist import parallel
+from jaxmnist.loops import DeviceDataset, TrainTotals, epoch_order, evaluate, make_runner, stack_batches
+from jaxmnist.reporting import MetricsLog, epoch_line, log, setup_console, train_line, write_config
 from jaxmnist.steps import create_train_state, derive_keys, learning_rate_schedule, steps_per_epoch
 from jaxmnist.workdir import WorkdirError, check_resumable, prepare_workdir
 
@@ -71,33 +71,38 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None) -> lis
     """Train and evaluate per epoch; returns the epoch records. dataset overrides the data flags."""
     workdir = prepare_workdir(config.workdir, config.restart)
     dataset = dataset if dataset is not None else data.load(config.data_dir, config.idx_dir)
-    log.info("Using device: %s", device_description())
+    mesh = parallel.make_mesh(config.devices)
+    parallel.check_divisible(mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
+    log.info("Using device: %s", parallel.describe(mesh))
 
     num_train = len(dataset.train_images)
     num_steps = steps_per_epoch(num_train, config.batch_size)
-    keys = derive_keys(config.seed)
-    state = create_train_state(config, keys.init, num_steps)
-    totals = TrainTotals.zeros()
-    train_set = DeviceDataset(jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels))
-    test_batches = stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size)
-    run_steps = choose_runner(config.loop, jax.default_backend())
+    keys = parallel.replicate(derive_keys(config.seed), mesh)
+    state = parallel.replicate(create_train_state(config, keys.init, num_steps), mesh)
+    totals = parallel.replicate(TrainTotals.zeros(), mesh)
+    train_set = parallel.replicate(DeviceDataset(dataset.train_images, dataset.train_labels), mesh)
+    test_batches = parallel.replicate(stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size), mesh)
+    batch_sharding = parallel.batch_sharded(mesh)
+    run_steps = make_runner(config.loop, jax.default_backend(), config.rotation, batch_sharding)
     schedule = learning_rate_schedule(config, num_steps)
-    metrics = MetricsLog(workdir / "metrics.jsonl")
+    metrics = MetricsLog(workdir / "metrics.jsonl", enabled=parallel.is_main_process())
     checkpoints = Checkpoints(workdir / "checkpoints")
 
     state, totals, step = _resume(checkpoints, config, state, totals, num_steps)
     metrics.truncate_after(step)
-    write_config(workdir, config)
+    if parallel.is_main_process():
+        write_config(workdir, config, parallel.describe(mesh))
     best_step = checkpoints.best_step()
     best_accuracy = checkpoints.metrics(best_step)["test_accuracy"] if best_step is not None else -1.0
 
     def save(epoch_record: dict[str, Any] | None) -> None:
         progress = {"step": state.step, "loss_sum": totals.loss_sum, "images": totals.images}
-        meta = {"step": int(state.step), "epoch": int(state.step) // num_steps, "config": config.to_dict()}
+        meta = {"step": step, "epoch": step // num_steps, "config": config.to_dict()}
+        rank = None
         if epoch_record is not None:
             meta |= {k: epoch_record[k] for k in ("test_accuracy", "correct", "test_loss")}
-            rank = {"test_accuracy": epoch_record["test_accuracy"], "step": epoch_record["step"]}
-        checkpoints.save(int(state.step), state, progress, meta, rank if epoch_record is not None else None)
+            rank = {"test_accuracy": epoch_record["test_accuracy"], "step": step}
+        checkpoints.save(step, state, progress, meta, rank)
 
     if step >= config.epochs * num_steps:
         log.info("This run already finished %d epochs; pass more --epochs to continue it, or --restart.", step // num_steps)
@@ -107,9 +112,9 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None) -> lis
         with _interrupt_flag() as interrupted:
             for epoch in range(step // num_steps + 1, config.epochs + 1):
                 epoch_start = time.perf_counter()
-                order = epoch_order(jax.random.fold_in(keys.shuffle, epoch), num_train, config.batch_size)
+                order = parallel.replicate(epoch_order(jax.random.fold_in(keys.shuffle, epoch), num_train, config.batch_size), mesh)
                 for start, stop in log_chunks(step - (epoch - 1) * num_steps, num_steps, config.log_every):
-                    state, totals, loss = run_steps(state, totals, train_set, order, start, stop, keys.augment, config.rotation)
+                    state, totals, loss = run_steps(state, totals, train_set, order, start, stop, keys.augment)
                     step = (epoch - 1) * num_steps + stop
                     if (stop - 1) % config.log_every == 0:
                         loss = float(loss)  # the only host sync between epochs
@@ -124,14 +129,14 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None) -> lis
                         save(None)
                         last_save = time.perf_counter()
                 train_seconds = time.perf_counter() - epoch_start
-                eval_totals, _ = evaluate(state.params, test_batches)
+                eval_totals, _ = evaluate(state.params, test_batches, batch_sharding, with_probabilities=False)
                 record = _epoch_record(epoch, step, schedule, totals, eval_totals, train_seconds, time.perf_counter() - epoch_start)
                 if not math.isfinite(record["train_loss"]):
                     raise TrainingStopped(f"The training loss became {record['train_loss']} in epoch {epoch}; stopped, the best checkpoint is kept.")
                 metrics.write(record)
                 records.append(record)
                 log.info(epoch_line(record))
-                totals = TrainTotals.zeros()
+                totals = parallel.replicate(TrainTotals.zeros(), mesh)
                 save(record)
                 last_save = time.perf_counter()
                 if record["test_accuracy"] > best_accuracy:
@@ -182,11 +187,13 @@ def _epoch_record(epoch, step, schedule, totals, eval_totals, train_seconds, epo
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, train, and turn every expected failure into one line and a non-zero exit."""
     config = parse_config(argv, prog="python -m jaxmnist.train", description=__doc__.splitlines()[0])
-    setup_console()
+    parallel.initialize_distributed()
+    if parallel.is_main_process():  # one console for the whole run
+        setup_console()
     enable_compilation_cache(config.compilation_cache)
     try:
         train_and_evaluate(config)
-    except (data.DataError, CheckpointError, WorkdirError, TrainingStopped) as error:
+    except (data.DataError, CheckpointError, WorkdirError, parallel.MeshError, TrainingStopped) as error:
         log.error("%s", error)
         return getattr(error, "exit_code", 1)
     return 0

@@ -9,10 +9,10 @@ from typing import Any
 
 from jaxmnist.config import Config
 
-# Settings that change where or how a run is observed, never what it computes: a resumed run
-# may change them freely. More --epochs is safe too, since the step decay ignores the total.
+# Settings that change where or how a run is observed, never what it computes (devices: only
+# the order in which floats are summed): a resumed run may change them freely. More --epochs is safe too, since the step decay ignores the total.
 _FREE_TO_CHANGE = {"epochs", "workdir", "data_dir", "idx_dir", "log_every", "eval_batch_size", "loop",
-                   "checkpoint_seconds", "restart", "compilation_cache"}
+                   "checkpoint_seconds", "restart", "compilation_cache", "devices"}
 
 
 class WorkdirError(Exception):

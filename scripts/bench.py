@@ -48,7 +48,7 @@ def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
     from jaxmnist.evaluate import restore_params
 
     params, _, _ = restore_params(config.workdir, "latest")
-    batches = stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size)
+    batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size))
     jax.block_until_ready(evaluate(params, batches))  # compile
     eval_seconds = []
     for _ in range(5):

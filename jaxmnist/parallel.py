@@ -1,0 +1,82 @@
+"""Data parallelism with JAX's own sharding: a one-axis "data" mesh over the chosen devices.
+
+Parameters, optimizer state, the dataset and each epoch's batch order are replicated; every
+step's batch is sharded along its first axis, so each device gathers, rotates and
+differentiates only its slice, and XLA inserts the gradient all-reduce from the annotations.
+The lab's semantics do not change: the same global batches, the same angle per image (JAX's
+random bits do not depend on how an array is sharded), the same update, up to the order in
+which floats are summed.
+
+Several hosts: launched with the standard jax.distributed environment (JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID), every process runs the same program over the global mesh.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+class MeshError(Exception):
+    """The requested devices cannot run this configuration; the message is one sentence."""
+
+
+def initialize_distributed() -> None:
+    """Join a multi-process run when the jax.distributed environment says there is one."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
+        jax.distributed.initialize()
+
+
+def make_mesh(devices: str) -> Mesh:
+    """A 'data' mesh over all devices of every process, or the first N of them."""
+    available = jax.devices()
+    count = len(available) if devices == "all" else int(devices)
+    if count > len(available):
+        raise MeshError(f"--devices {devices} asks for more devices than the {len(available)} there are.")
+    if jax.process_count() > 1 and count != len(available):
+        raise MeshError("--devices must be 'all' in a multi-process run.")
+    return Mesh(np.array(available[:count]), (DATA_AXIS,))
+
+
+def check_divisible(mesh: Mesh, **batch_sizes: int) -> None:
+    """Every device must get the same share of a global batch."""
+    for name, size in batch_sizes.items():
+        if size % mesh.devices.size:
+            raise MeshError(
+                f"--{name.replace('_', '-')} {size} does not split evenly across {mesh.devices.size} devices; "
+                f"choose a multiple of {mesh.devices.size} or fewer --devices."
+            )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """The first axis (the batch) split across the mesh's devices."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicate(tree, mesh: Mesh):
+    """Place a pytree (host or device arrays, the same in every process) on every device."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def is_main_process() -> bool:
+    """Logging, metrics and config files are written by process 0 only."""
+    return jax.process_index() == 0
+
+
+def describe(mesh: Mesh) -> str:
+    """E.g. 'cpu (4 x cpu)' or 'gpu (8 x NVIDIA H100 80GB HBM3)'."""
+    device = mesh.devices.flat[0]
+    return f"{device.platform} ({mesh.devices.size} x {device.device_kind})"
