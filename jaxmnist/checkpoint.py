@@ -28,6 +28,10 @@ def _rank(metrics: dict[str, Any]) -> tuple[float, int]:
     return metrics["test_accuracy"], -metrics["step"]
 
 
+def _reason(error: Exception) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+
+
 class Checkpoints:
     """The checkpoints directory of one workdir."""
 
@@ -84,9 +88,18 @@ class Checkpoints:
         )
         self._manager.save(step, args=args, metrics=metrics, force=True)
 
-    def restore_params(self, step: int) -> tuple[Any, dict[str, Any]]:
-        """The parameters (host arrays, as saved) and the meta of one step."""
-        items = self._restore(step, params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    def param_shapes(self, step: int) -> Any:
+        """The saved parameters' shapes, from the checkpoint's metadata, without reading them."""
+        try:
+            metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "params")
+            return jax.tree.map(lambda x: tuple(x.shape), metadata.item_metadata.tree)
+        except Exception as error:  # noqa: BLE001 - any failure here means an unreadable checkpoint
+            raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged ({_reason(error)}).") from None
+
+    def restore_params(self, step: int, target=None) -> tuple[Any, dict[str, Any]]:
+        """The parameters and the meta of one step. target (abstract arrays with shardings) says
+        where they go; without one Orbax needs the topology the checkpoint was written on."""
+        items = self._restore(step, params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
         return items.params, items.meta
 
     def restore(self, step: int, state, progress) -> tuple[Any, Any, dict[str, Any]]:
@@ -107,9 +120,8 @@ class Checkpoints:
             raise CheckpointError(f"{self.directory} has no checkpoint for step {step} (it has {self.steps()}).")
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as error:  # Orbax raises many types for damaged files; all mean the same here
-            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-            raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged or does not fit ({reason}).") from None
+        except Exception as error:  # noqa: BLE001 - Orbax raises many types for damaged files; all mean the same here
+            raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged or does not fit ({_reason(error)}).") from None
 
     def wait(self) -> None:
         """Block until every asynchronous save is on disk."""

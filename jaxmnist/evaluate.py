@@ -47,14 +47,16 @@ def restore_params(workdir: str | Path, step: str = "best") -> tuple[Any, dict[s
         raise CheckpointError(f"--workdir {workdir} does not exist.")
     checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
     number = resolve_step(checkpoints, step)
-    params, meta = checkpoints.restore_params(number)
     expected = jax.eval_shape(lambda: CNN().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"])
-    shapes = lambda tree: jax.tree.map(lambda x: tuple(x.shape), tree)  # noqa: E731
-    if jax.tree.structure(params) != jax.tree.structure(expected) or shapes(params) != shapes(expected):
+    if checkpoints.param_shapes(number) != jax.tree.map(lambda x: tuple(x.shape), expected):
         raise CheckpointError(
             f"Checkpoint step {number} in {workdir} holds parameters of another model, not the lab's 28,938-parameter CNN."
         )
-    return jax.tree.map(jnp.asarray, params), meta, number
+    # Onto this process's first device, whatever mesh the checkpoint was written from.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), expected)
+    params, meta = checkpoints.restore_params(number, target)
+    return params, meta, number
 
 
 def load_model(workdir: str | Path, step: str = "best") -> Callable[[np.ndarray], np.ndarray]:

@@ -65,10 +65,16 @@ def _constrain(batch: Batch, sharding) -> Batch:
     return batch if sharding is None else jax.lax.with_sharding_constraint(batch, sharding)
 
 
+def select_batch(data: DeviceDataset, order: EpochOrder, index, batch_sharding=None) -> Batch:
+    """Batch number index of the epoch, gathered on the device(s); split across the mesh when
+    batch_sharding is given, so each device gathers (and later rotates) only its share."""
+    ids = order.indices[index]  # [B]
+    return _constrain(Batch(data.images[ids], data.labels[ids], order.mask[index]), batch_sharding)
+
+
 def _step_body(state, totals: TrainTotals, data: DeviceDataset, order: EpochOrder, index, augment_key,
                rotation: float, batch_sharding):
-    ids = order.indices[index]  # [B]
-    batch = _constrain(Batch(data.images[ids], data.labels[ids], order.mask[index]), batch_sharding)
+    batch = select_batch(data, order, index, batch_sharding)
     # Keyed by the global step, so a resumed run draws exactly the angles it would have drawn.
     state, loss = train_step(state, batch, jax.random.fold_in(augment_key, state.step), rotation)
     real = jnp.sum(batch.mask)

@@ -27,9 +27,20 @@ class MeshError(Exception):
 
 
 def initialize_distributed() -> None:
-    """Join a multi-process run when the jax.distributed environment says there is one."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
-        jax.distributed.initialize()
+    """Join a multi-process run when the environment describes one.
+
+    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID are
+    passed to jax.distributed.initialize; on a cluster it detects (SLURM, ...) set only
+    JAX_NUM_PROCESSES and let JAX find the rest.
+    """
+    num_processes = int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    if num_processes > 1:
+        process_id = os.environ.get("JAX_PROCESS_ID")
+        jax.distributed.initialize(
+            coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+            num_processes=num_processes,
+            process_id=None if process_id is None else int(process_id),
+        )
 
 
 def make_mesh(devices: str) -> Mesh:
@@ -68,7 +79,13 @@ def replicate(tree, mesh: Mesh):
     sharding = replicated(mesh)
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+    def to_global(x):  # every process holds the same value: each contributes its own copy
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None) or np.asarray(x).dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(to_global(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(to_global, tree)
 
 
 def is_main_process() -> bool:

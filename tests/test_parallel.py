@@ -1,0 +1,107 @@
+"""Data parallelism: 4 simulated CPU devices, and 2 processes joined by jax.distributed."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmnist.checkpoint import Checkpoints
+from jaxmnist.evaluate import evaluate_checkpoint, restore_params
+from conftest import make_mnist, write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    return write_idx(tmp_path_factory.mktemp("idx"), make_mnist(200, 32))
+
+
+def _train(idx_dir, workdir, *extra, env=None):
+    command = [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir),
+               "--batch-size", "16", "--log-every", "4", "--eval-batch-size", "16",
+               "--compilation-cache", "/tmp/jaxmnist-test-xla-cache", *extra]
+    return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process):
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    return out
+
+
+def _epochs(workdir):
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if r["kind"] == "epoch"]
+
+
+def test_four_devices_compute_what_one_device_computes(idx_dir, tmp_path):
+    out = _finish(_train(idx_dir, tmp_path / "four", "--epochs", "2", env=FOUR_DEVICES))
+    assert "Using device: cpu (4 x cpu)" in out
+    _finish(_train(idx_dir, tmp_path / "one", "--epochs", "2", "--devices", "1", env=FOUR_DEVICES))
+    for four, one in zip(_epochs(tmp_path / "four"), _epochs(tmp_path / "one")):
+        # Same batches, angles and updates; only the order of float sums differs.
+        assert four["correct"] == one["correct"]
+        for key in ("train_loss", "test_loss"):
+            assert four[key] == pytest.approx(one[key], rel=1e-5)
+    params = [restore_params(tmp_path / w, "26")[0] for w in ("four", "one")]  # a 4-device checkpoint, read on 1
+    for a, b in zip(*map(jax.tree.leaves, params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_each_device_gets_its_share_of_the_batch():
+    script = """
+import jax, jax.numpy as jnp, numpy as np
+from jaxmnist import parallel
+from jaxmnist.loops import DeviceDataset, epoch_order, select_batch
+mesh = parallel.make_mesh("all")
+data = parallel.replicate(DeviceDataset(np.zeros((200, 28, 28), np.uint8), np.zeros(200, np.int32)), mesh)
+order = parallel.replicate(epoch_order(jax.random.key(0), 200, 64), mesh)
+batch = jax.jit(select_batch, static_argnums=3)(data, order, 0, parallel.batch_sharded(mesh))
+print(len(batch.images.addressable_shards), batch.images.sharding.shard_shape(batch.images.shape))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, **FOUR_DEVICES},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["4", "(16,", "28,", "28)"]
+
+
+def test_a_four_device_checkpoint_resumes_and_evaluates_on_one_device(idx_dir, tmp_path):
+    _finish(_train(idx_dir, tmp_path / "run", "--epochs", "1", env=FOUR_DEVICES))
+    out = _finish(_train(idx_dir, tmp_path / "run", "--epochs", "2"))  # this process has one device
+    assert "Using device: cpu (1 x cpu)" in out and "Resuming from epoch 2, step 13" in out
+    report = evaluate_checkpoint(tmp_path / "run", "latest", idx_dir=str(idx_dir))
+    assert report["correct"] == _epochs(tmp_path / "run")[-1]["correct"]
+
+
+def test_two_processes_train_one_epoch_and_write_once(idx_dir, tmp_path):
+    with socket.socket() as probe:  # a free port for the coordinator
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = [
+        _train(idx_dir, tmp_path / "run", "--epochs", "1", env={
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+        for i in range(2)
+    ]
+    first, second = (_finish(p) for p in processes)
+    assert "Using device: cpu (2 x cpu)" in first and "Test Accuracy" in first
+    assert "Train Epoch" not in second and "Test Accuracy" not in second  # only process 0 talks
+    assert Checkpoints(tmp_path / "run" / "checkpoints", read_only=True).steps() == [13]
+    assert len(_epochs(tmp_path / "run")) == 1 and sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "checkpoints", "config.json", "metrics.jsonl"]
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused(idx_dir, tmp_path):
+    process = _train(idx_dir, tmp_path / "run", "--batch-size", "30", env=FOUR_DEVICES)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert out.strip().splitlines()[-1] == (
+        "--batch-size 30 does not split evenly across 4 devices; choose a multiple of 4 or fewer --devices.")
