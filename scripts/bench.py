@@ -31,7 +31,7 @@ import jax
 from jaxmnist import data
 from jaxmnist.config import Config
 from jaxmnist.loops import evaluate, stack_batches
-from jaxmnist.reporting import device_description
+from jaxmnist import parallel
 from jaxmnist.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
     device = jax.devices()[0]
     memory = device.memory_stats() if hasattr(device, "memory_stats") else None
     return {
-        "device": device_description(),
+        "device": parallel.describe(parallel.make_mesh(config.devices)),
         "epochs": len(records),
         "compile_seconds_estimate": round(train_seconds[0] - statistics.median(steady), 3),
         "median_train_seconds_per_epoch": round(statistics.median(steady), 3),
