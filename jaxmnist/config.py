@@ -35,8 +35,9 @@ class Config:
         choices=("auto", "python", "device"),
     )
     devices: str = _knob("all", "data-parallel over all local devices (and every process's), or the first N")
-    compilation_cache: str = _knob(
-        "~/.cache/jaxmnist/xla", "JAX's persistent compilation cache, so a second run skips compiling; '' = off")
+    cache_dir: str = _knob(
+        "~/.cache/jaxmnist",
+        "kept between runs: compiled programs (xla/) and MNIST decoded from TFDS (mnist-*.npz); '' = off")
     checkpoint_seconds: float = _knob(30.0, "also save the latest state mid-epoch at most this often")
     restart: bool = _knob(False, "discard the checkpoints and metrics of a run already in --workdir")
 

@@ -7,6 +7,7 @@ source is used, so the IDX path (and a GPU machine without TensorFlow) never pay
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -34,11 +35,61 @@ class MNIST(NamedTuple):
     test_labels: np.ndarray
 
 
-def load(data_dir: str | None = None, idx_dir: str | None = None) -> MNIST:
-    """Load MNIST from IDX files when idx_dir is given, else through TFDS (downloading if needed)."""
-    dataset = load_idx(idx_dir) if idx_dir is not None else load_tfds(data_dir)
+def load(data_dir: str | None = None, idx_dir: str | None = None, cache_dir: str = "") -> MNIST:
+    """Load MNIST from IDX files when idx_dir is given, else through TFDS (downloading if needed).
+
+    With a cache_dir, what TFDS decoded is kept there as one .npz, keyed by the TFDS files it
+    came from: importing TensorFlow and decoding 70,000 PNGs takes about 10 s, reading the
+    .npz a tenth of a second. The IDX files are fast to read and never cached.
+    """
+    if idx_dir is not None:
+        dataset = load_idx(idx_dir)
+    else:
+        cached = _cache_path(cache_dir, data_dir) if cache_dir else None
+        dataset = _read_cache(cached) if cached is not None and cached.is_file() else None
+        if dataset is None:
+            dataset = load_tfds(data_dir)
+            if cached is not None:
+                _write_cache(cached, dataset)
     _check(dataset)
     return dataset
+
+
+# --- the decoded-TFDS cache --------------------------------------------------------------------
+
+
+def _cache_path(cache_dir: str, data_dir: str | None) -> Path | None:
+    """<cache_dir>/mnist-<fingerprint>.npz for the prepared TFDS files, or None if there are none.
+
+    The fingerprint covers every file's path, size and modification time, so re-preparing the
+    dataset (or pointing at another copy) never reads a stale cache. No TensorFlow needed.
+    """
+    root = Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser().absolute()
+    files = sorted(p for p in (root / "mnist").rglob("*") if p.is_file())
+    if not any(p.name == "dataset_info.json" for p in files):
+        return None  # not prepared: TFDS will download it, or explain why it cannot
+    fingerprint = hashlib.sha256("\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files).encode())
+    return Path(cache_dir).expanduser() / f"mnist-{fingerprint.hexdigest()[:16]}.npz"
+
+
+def _read_cache(path: Path) -> MNIST | None:
+    try:
+        with np.load(path) as arrays:
+            return MNIST(**{name: arrays[name] for name in MNIST._fields})
+    except (OSError, ValueError, KeyError, EOFError):  # damaged or older: decode from TFDS again
+        return None
+
+
+def _write_cache(path: Path, dataset: MNIST) -> None:
+    """Write atomically: a kill mid-write leaves no half file to read next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        with partial.open("wb") as file:
+            np.savez(file, **dataset._asdict())
+        partial.replace(path)
+    except OSError:
+        pass  # a cache that cannot be written only costs time
 
 
 # --- IDX files ---------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.M
     if dataset is None:
         if data_dir is None and idx_dir is None:  # by default, the data the run was trained on
             data_dir, idx_dir = meta["config"].get("data_dir"), meta["config"].get("idx_dir")
-        dataset = data.load(data_dir, idx_dir)
+        dataset = data.load(data_dir, idx_dir, meta["config"].get("cache_dir", ""))
     batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, meta["config"].get("eval_batch_size", 500)))
     totals, probabilities = evaluate(params, batches)
     count = int(totals.count)

@@ -60,17 +60,17 @@ def _interrupt_flag() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def enable_compilation_cache(directory: str) -> None:
-    """Keep compiled programs on disk across runs ('' leaves JAX's default: off)."""
-    if directory:
-        jax.config.update("jax_compilation_cache_dir", str(Path(directory).expanduser()))
+def enable_compilation_cache(cache_dir: str) -> None:
+    """Keep compiled programs in <cache_dir>/xla across runs ('' leaves JAX's default: off)."""
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(Path(cache_dir).expanduser() / "xla"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def train_and_evaluate(config: Config, dataset: data.MNIST | None = None) -> list[dict[str, Any]]:
     """Train and evaluate per epoch; returns the epoch records. dataset overrides the data flags."""
     workdir = prepare_workdir(config.workdir, config.restart)
-    dataset = dataset if dataset is not None else data.load(config.data_dir, config.idx_dir)
+    dataset = dataset if dataset is not None else data.load(config.data_dir, config.idx_dir, config.cache_dir)
     mesh = parallel.make_mesh(config.devices)
     parallel.check_divisible(mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
     log.info("Using device: %s", parallel.describe(mesh))
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parallel.initialize_distributed()
     if parallel.is_main_process():  # one console for the whole run
         setup_console()
-    enable_compilation_cache(config.compilation_cache)
+    enable_compilation_cache(config.cache_dir)
     try:
         train_and_evaluate(config)
     except (data.DataError, CheckpointError, WorkdirError, parallel.MeshError, TrainingStopped) as error:

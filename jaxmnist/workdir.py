@@ -12,7 +12,7 @@ from jaxmnist.config import Config
 # Settings that change where or how a run is observed, never what it computes (devices: only
 # the order in which floats are summed): a resumed run may change them freely. More --epochs is safe too, since the step decay ignores the total.
 _FREE_TO_CHANGE = {"epochs", "workdir", "data_dir", "idx_dir", "log_every", "eval_batch_size", "loop",
-                   "checkpoint_seconds", "restart", "compilation_cache", "devices"}
+                   "checkpoint_seconds", "restart", "cache_dir", "devices"}
 
 
 class WorkdirError(Exception):

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     config = Config(**{**json.loads((workdir / "config.json").read_text())["config"], "restart": False})
     try:
         given = args.data_dir is not None or args.idx_dir is not None
-        dataset = data.load(*((args.data_dir, args.idx_dir) if given else (config.data_dir, config.idx_dir)))
+        dataset = data.load(*((args.data_dir, args.idx_dir) if given else (config.data_dir, config.idx_dir)), config.cache_dir)
         best = Checkpoints(workdir / "checkpoints", read_only=True).best_step()
         eval_path = workdir / "eval" / f"{best}.json"
         report = json.loads(eval_path.read_text()) if eval_path.is_file() else evaluate_checkpoint(workdir, "best", dataset)

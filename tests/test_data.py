@@ -59,10 +59,30 @@ def test_tfds_source_reads_mock_data():
     assert dataset.test_labels.shape == (40,) and dataset.test_labels.max() <= 9
 
 
+def test_the_decoded_cache_is_keyed_by_the_tfds_files(tmp_path):
+    version = tmp_path / "tfds" / "mnist" / "3.0.1"
+    version.mkdir(parents=True)
+    (version / "dataset_info.json").write_text("{}")
+    (version / "mnist-train.tfrecord-00000-of-00001").write_bytes(b"x" * 10)
+    first = data._cache_path(str(tmp_path / "cache"), str(tmp_path / "tfds"))
+    assert first.parent == tmp_path / "cache" and first.name.startswith("mnist-")
+    assert data._cache_path(str(tmp_path / "cache"), str(tmp_path / "tfds")) == first
+    (version / "mnist-train.tfrecord-00000-of-00001").write_bytes(b"y" * 11)  # re-prepared
+    assert data._cache_path(str(tmp_path / "cache"), str(tmp_path / "tfds")) != first
+    assert data._cache_path(str(tmp_path / "cache"), str(tmp_path / "empty")) is None  # not prepared
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "mnist-idx").is_dir(), reason="../shared/data (real MNIST) is not beside the checkout")
-def test_tfds_and_idx_give_the_same_images_and_labels_as_sets():
+def test_tfds_and_idx_give_the_same_images_and_labels_as_sets(tmp_path):
     pytest.importorskip("tensorflow_datasets")
-    from_tfds = data.load(data_dir=str(SHARED_DATA / "tensorflow_datasets"))
+    tfds_dir = str(SHARED_DATA / "tensorflow_datasets")
+    from_tfds = data.load(data_dir=tfds_dir, cache_dir=str(tmp_path))
+    (cache,) = tmp_path.glob("mnist-*.npz")
+    from_cache = data.load(data_dir=tfds_dir, cache_dir=str(tmp_path))  # read back without TensorFlow
+    for got, expected in zip(from_cache, from_tfds):
+        np.testing.assert_array_equal(got, expected)
+    cache.write_bytes(b"damaged")  # a damaged cache is decoded again, not trusted
+    np.testing.assert_array_equal(data.load(data_dir=tfds_dir, cache_dir=str(tmp_path)).test_labels, from_tfds.test_labels)
     from_idx = data.load(idx_dir=str(SHARED_DATA / "mnist-idx"))
     for images, labels in ((0, 1), (2, 3)):
         # TFDS stores its own shuffled order: compare (label, image bytes) as sorted multisets.

@@ -27,7 +27,7 @@ def idx_dir(tmp_path_factory):
 def _train(idx_dir, workdir, *extra, env=None):
     command = [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir),
                "--batch-size", "16", "--log-every", "4", "--eval-batch-size", "16",
-               "--compilation-cache", "/tmp/jaxmnist-test-xla-cache", *extra]
+               "--cache-dir", "/tmp/jaxmnist-test-cache", *extra]
     return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

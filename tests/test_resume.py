@@ -24,15 +24,15 @@ def idx_dir(tmp_path_factory):
     return write_idx(tmp_path_factory.mktemp("idx"), make_mnist(200, 30))
 
 
-# One compilation cache for every run of this module: each subprocess skips compiling.
-COMPILATION_CACHE = Path(os.environ.get("PYTEST_XLA_CACHE", "/tmp/jaxmnist-test-xla-cache"))
+# One cache for every run here: each subprocess skips compiling what another one compiled.
+CACHE_DIR = Path("/tmp/jaxmnist-test-cache")
 
 
 def _command(idx_dir, workdir, *extra):
     # 13 steps an epoch; a checkpoint at every log point, so a kill can land anywhere.
     return [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir),
             "--epochs", "3", "--batch-size", "16", "--log-every", "2", "--eval-batch-size", "16",
-            "--checkpoint-seconds", "0.001", "--compilation-cache", str(COMPILATION_CACHE), *extra]
+            "--checkpoint-seconds", "0.001", "--cache-dir", str(CACHE_DIR), *extra]
 
 
 def _run(command):
