@@ -1,6 +1,6 @@
 """Kill a real training run with SIGKILL several times, resume it, and compare with a straight run.
 
-    python scripts/resume_check.py --idx-dir ../shared/data/mnist-idx --epochs 2 --kill-after 9 17 26
+    python scripts/resume_check.py --idx-dir ../shared/data/mnist-idx --epochs 2 --kill-after 9 17 8
 
 Runs `python -m jaxmnist.train` once uninterrupted, then once more in another workdir that is
 killed after each of the given numbers of seconds (restarting it each time) and finally run to the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -38,9 +39,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idx-dir", required=True)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--kill-after", type=float, nargs="+", default=[9, 17, 26])
+    parser.add_argument("--kill-after", type=float, nargs="+", default=[9, 17, 8],
+                        help="seconds after each (re)start at which it is killed")
     parser.add_argument("--checkpoint-seconds", type=float, default=5.0)
     args = parser.parse_args()
+    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's routine notices are not for the reader
     with tempfile.TemporaryDirectory() as tmp:
         def command(workdir):
             return [sys.executable, "-m", "jaxmnist.train", "--idx-dir", args.idx_dir, "--epochs", str(args.epochs),
@@ -57,7 +60,8 @@ def main() -> None:
             print(f"killed after {seconds} s ({resumed[0] if resumed else 'fresh start'}; "
                   f"{sum(line.startswith('Train Epoch') for line in out.splitlines())} log lines)")
         final = subprocess.run(command(killed), check=True, cwd=ROOT, capture_output=True, text=True)
-        print("final run:", next(line for line in final.stdout.splitlines() if line.startswith("Resuming")))
+        status = [line for line in final.stdout.splitlines() if line.startswith(("Resuming", "This run already"))]
+        print("final run:", status[0] if status else "started afresh")
         (straight_records, straight_params), (killed_records, killed_params) = results(straight), results(killed)
         for name, records in (("uninterrupted", straight_records), ("killed+resumed", killed_records)):
             for r in (r for r in records if r["kind"] == "epoch"):
