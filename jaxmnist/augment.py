@@ -1,4 +1,4 @@
-"""Pure, jittable image transforms: the lab's random rotation and its normalization."""
+"""Pure, jittable image transforms: random rotation and translation, and the lab's normalization."""
 
 from __future__ import annotations
 
@@ -16,29 +16,51 @@ def normalize(images: jax.Array) -> jax.Array:
     return ((pixels - MNIST_MEAN) / MNIST_STD)[..., None]
 
 
-def rotate(images: jax.Array, degrees: jax.Array) -> jax.Array:
-    """Rotate each image [B, H, W] by its own angle [B] about the centre, nearest pixel, black fill.
+def transform(images: jax.Array, degrees: jax.Array, shifts: jax.Array) -> jax.Array:
+    """Rotate each image [B, H, W] about its centre by its angle [B], then move it by its shift
+    [B, 2] (columns right, rows down), in one nearest-pixel resampling with black fill.
 
-    Matches torchvision's rotate(img, angle, NEAREST, fill=0) pixel for pixel (measured.md):
-    a positive angle turns the digit counter-clockwise as displayed.
+    With zero shifts this is torchvision's rotate(img, angle, NEAREST, fill=0), pixel for pixel
+    (measured.md): a positive angle turns the digit counter-clockwise as displayed.
     """
     batch, height, width = images.shape
     centre_y, centre_x = (height - 1) / 2, (width - 1) / 2
     theta = jnp.deg2rad(degrees.astype(jnp.float32))[:, None, None]  # [B, 1, 1]
     cos, sin = jnp.cos(theta), jnp.sin(theta)
+    shift_x = shifts[:, 0, None, None].astype(jnp.int32)  # [B, 1, 1]
+    shift_y = shifts[:, 1, None, None].astype(jnp.int32)
     x = jnp.arange(width, dtype=jnp.float32)[None, None, :] - centre_x  # output column offsets
     y = jnp.arange(height, dtype=jnp.float32)[None, :, None] - centre_y  # output row offsets
-    source_x = jnp.round(cos * x - sin * y + centre_x).astype(jnp.int32)  # [B, H, W]
-    source_y = jnp.round(sin * x + cos * y + centre_y).astype(jnp.int32)
+    # Integer shifts are applied after rounding, so a shift never changes which pixel rounds where.
+    source_x = jnp.round(cos * x - sin * y + centre_x).astype(jnp.int32) - shift_x  # [B, H, W]
+    source_y = jnp.round(sin * x + cos * y + centre_y).astype(jnp.int32) - shift_y
     inside = (source_x >= 0) & (source_x < width) & (source_y >= 0) & (source_y < height)
     flat_index = jnp.clip(source_y, 0, height - 1) * width + jnp.clip(source_x, 0, width - 1)
     pixels = jnp.take_along_axis(images.reshape(batch, -1), flat_index.reshape(batch, -1), axis=1)
     return jnp.where(inside, pixels.reshape(batch, height, width), jnp.zeros((), images.dtype))
 
 
+def rotate(images: jax.Array, degrees: jax.Array) -> jax.Array:
+    """transform() without a shift: the lab's rotation."""
+    return transform(images, degrees, jnp.zeros((images.shape[0], 2), jnp.int32))
+
+
+def draw_transforms(key: jax.Array, batch: int, max_degrees: float, max_shift: int) -> tuple[jax.Array, jax.Array]:
+    """One angle uniform in [-max, +max] degrees and one integer shift uniform in [-max_shift,
+    +max_shift] per axis, for every image. The angle uses key itself, so the lab's draws do not
+    depend on whether translation is on."""
+    degrees = jax.random.uniform(key, (batch,), minval=-max_degrees, maxval=max_degrees)
+    shifts = jax.random.randint(jax.random.fold_in(key, 1), (batch, 2), -max_shift, max_shift + 1)
+    return degrees, shifts
+
+
+def random_transform(key: jax.Array, images: jax.Array, max_degrees: float, max_shift: int = 0) -> jax.Array:
+    """RandomRotation(max_degrees) and a random shift of up to max_shift pixels, fresh per image."""
+    if max_degrees == 0 and max_shift == 0:  # Python numbers: decided at trace time, "off" is free
+        return images
+    return transform(images, *draw_transforms(key, images.shape[0], max_degrees, max_shift))
+
+
 def random_rotation(key: jax.Array, images: jax.Array, max_degrees: float) -> jax.Array:
     """RandomRotation(max_degrees): a fresh angle uniform in [-max, +max] for every image."""
-    if max_degrees == 0:  # a Python float: decided at trace time, so "off" costs nothing
-        return images
-    degrees = jax.random.uniform(key, (images.shape[0],), minval=-max_degrees, maxval=max_degrees)
-    return rotate(images, degrees)
+    return random_transform(key, images, max_degrees)

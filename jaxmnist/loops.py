@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training import train_state
 
-from jaxmnist.steps import Batch, EvalTotals, eval_step, train_step
+from jaxmnist.steps import Batch, EvalTotals, StepOptions, eval_step, train_step
 
 
 class DeviceDataset(NamedTuple):
@@ -73,46 +73,46 @@ def select_batch(data: DeviceDataset, order: EpochOrder, index, batch_sharding=N
 
 
 def _step_body(state, totals: TrainTotals, data: DeviceDataset, order: EpochOrder, index, augment_key,
-               rotation: float, batch_sharding):
+               options: StepOptions, batch_sharding):
     batch = select_batch(data, order, index, batch_sharding)
     # Keyed by the global step, so a resumed run draws exactly the angles it would have drawn.
-    state, loss = train_step(state, batch, jax.random.fold_in(augment_key, state.step), rotation)
+    state, loss = train_step(state, batch, jax.random.fold_in(augment_key, state.step), options)
     real = jnp.sum(batch.mask)
     return state, TrainTotals(totals.loss_sum + loss * real, totals.images + real), loss
 
 
-_STATIC = ("rotation", "batch_sharding")
+_STATIC = ("options", "batch_sharding")
 _jitted_step = jax.jit(_step_body, static_argnames=_STATIC, donate_argnames=("state", "totals"))
 
 
-def run_steps_python(state, totals, data, order, start: int, stop: int, augment_key, rotation: float, batch_sharding=None):
+def run_steps_python(state, totals, data, order, start: int, stop: int, augment_key, options: StepOptions, batch_sharding=None):
     """Steps start..stop-1 of the epoch, one jitted call each; returns the last step's loss."""
     loss = None
     for index in range(start, stop):
         state, totals, loss = _jitted_step(state, totals, data, order, index, augment_key,
-                                           rotation=rotation, batch_sharding=batch_sharding)
+                                           options=options, batch_sharding=batch_sharding)
     return state, totals, loss
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state", "totals"))
-def run_steps_device(state, totals, data, order, start, stop, augment_key, rotation: float, batch_sharding=None):
+def run_steps_device(state, totals, data, order, start, stop, augment_key, options: StepOptions, batch_sharding=None):
     """Steps start..stop-1 of the epoch in one compiled loop; returns the last step's loss."""
 
     def body(index, carry):
         state, totals, _ = carry
-        return _step_body(state, totals, data, order, index, augment_key, rotation, batch_sharding)
+        return _step_body(state, totals, data, order, index, augment_key, options, batch_sharding)
 
     carry = (state, totals, jnp.zeros((), jnp.float32))
     return jax.lax.fori_loop(start, stop, body, carry)
 
 
-def make_runner(loop: str, platform: str, rotation: float, batch_sharding=None) -> RunSteps:
+def make_runner(loop: str, platform: str, options: StepOptions, batch_sharding=None) -> RunSteps:
     """run_steps(state, totals, data, order, start, stop, augment_key) for --loop: auto picks the
     Python loop on CPU and the compiled loop elsewhere."""
     if loop == "auto":
         loop = "python" if platform == "cpu" else "device"
     runner = run_steps_python if loop == "python" else run_steps_device
-    return functools.partial(runner, rotation=rotation, batch_sharding=batch_sharding)
+    return functools.partial(runner, options=options, batch_sharding=batch_sharding)
 
 
 def stack_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batch:

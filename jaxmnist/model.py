@@ -25,9 +25,10 @@ class CNN(nn.Module):
     """conv 1->16 5x5 -> ReLU -> pool; conv 16->32 5x5 -> ReLU -> pool; dense 1568 -> 10 logits."""
 
     num_classes: int = 10
+    dropout: float = 0.0  # after the second pooling layer, training only; adds no parameters
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # x: [B, 28, 28, 1], normalized
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:  # x: [B, 28, 28, 1], normalized
         # Same maths in both layers; the pooling form that XLA:CPU runs fastest after each conv.
         for name, features, pool in (("conv1", 16, fusible_max_pool_2x2), ("conv2", 32, max_pool_2x2)):
             fan_in = x.shape[-1] * 5 * 5
@@ -36,6 +37,7 @@ class CNN(nn.Module):
                 kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in),
             )(x)
             x = pool(nn.relu(x))  # [B, 14, 14, 16], then [B, 7, 7, 32]
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)  # needs rngs={"dropout": key} in training
         # Flattened channels-last (H, W, C), unlike PyTorch's (C, H, W): only matters when
         # moving weights between the two frameworks.
         x = x.reshape(x.shape[0], -1)  # [B, 1568]

@@ -23,7 +23,7 @@ from jaxmnist.config import Config, parse_config
 from jaxmnist import parallel
 from jaxmnist.loops import DeviceDataset, TrainTotals, epoch_order, evaluate, make_runner, stack_batches
 from jaxmnist.reporting import MetricsLog, epoch_line, log, setup_console, train_line, write_config
-from jaxmnist.steps import create_train_state, derive_keys, learning_rate_schedule, steps_per_epoch
+from jaxmnist.steps import StepOptions, create_train_state, derive_keys, learning_rate_schedule, steps_per_epoch
 from jaxmnist.workdir import WorkdirError, check_resumable, prepare_workdir
 
 
@@ -83,7 +83,7 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None) -> lis
     train_set = parallel.replicate(DeviceDataset(dataset.train_images, dataset.train_labels), mesh)
     test_batches = parallel.replicate(stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size), mesh)
     batch_sharding = parallel.batch_sharded(mesh)
-    run_steps = make_runner(config.loop, jax.default_backend(), config.rotation, batch_sharding)
+    run_steps = make_runner(config.loop, jax.default_backend(), StepOptions.from_config(config), batch_sharding)
     schedule = learning_rate_schedule(config, num_steps)
     metrics = MetricsLog(workdir / "metrics.jsonl", enabled=parallel.is_main_process())
     checkpoints = Checkpoints(workdir / "checkpoints")

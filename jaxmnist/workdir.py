@@ -12,7 +12,10 @@ from jaxmnist.config import Config
 # Settings that change where or how a run is observed, never what it computes (devices: only
 # the order in which floats are summed): a resumed run may change them freely. More --epochs is safe too, since the step decay ignores the total.
 _FREE_TO_CHANGE = {"epochs", "workdir", "data_dir", "idx_dir", "log_every", "eval_batch_size", "loop",
-                   "checkpoint_seconds", "restart", "cache_dir", "devices"}
+                   "checkpoint_seconds", "restart", "cache_dir", "devices", "recipe"}
+
+
+_DEFAULTS = Config().to_dict()  # what a run recorded before a knob existed meant
 
 
 class WorkdirError(Exception):
@@ -39,7 +42,8 @@ def prepare_workdir(workdir: str, restart: bool = False) -> Path:
 def check_resumable(saved: dict[str, Any], config: Config) -> None:
     """Refuse to continue a run whose recorded config computes something different."""
     current = config.to_dict()
-    differing = [name for name in current if name not in _FREE_TO_CHANGE and saved.get(name) != current[name]]
+    free = _FREE_TO_CHANGE - ({"epochs"} if config.schedule == "cosine" else set())  # cosine spans the whole run
+    differing = [name for name in current if name not in free and saved.get(name, _DEFAULTS[name]) != current[name]]
     if differing:
         settings = ", ".join(f"--{n.replace('_', '-')} {saved.get(n)} -> {current[n]}" for n in differing)
         raise WorkdirError(

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxmnist import data  # noqa: E402
-from jaxmnist.augment import random_rotation  # noqa: E402
+from jaxmnist.augment import random_transform  # noqa: E402
 from jaxmnist.checkpoint import CheckpointError, Checkpoints  # noqa: E402
 from jaxmnist.config import Config  # noqa: E402
 from jaxmnist.evaluate import evaluate_checkpoint  # noqa: E402
@@ -69,13 +69,14 @@ def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16
     keys = derive_keys(config.seed)
     order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(dataset.train_images), config.batch_size)
     ids = np.asarray(order.indices[0])
-    images = random_rotation(jax.random.fold_in(keys.augment, 0), dataset.train_images[ids], config.rotation)
+    images = random_transform(jax.random.fold_in(keys.augment, 0), dataset.train_images[ids], config.rotation, config.translate)
     fig, axes = plt.subplots(2, count // 2, figsize=(count * 0.75, 4.2))
     for ax, image, label in zip(axes.flat, np.asarray(images), dataset.train_labels[ids]):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(str(label))
         ax.axis("off")
-    fig.suptitle(f"First training batch of epoch 1, as the model sees it (rotation +-{config.rotation:g} degrees)")
+    fig.suptitle(f"First training batch of epoch 1, as the model sees it (rotation +-{config.rotation:g} degrees"
+                 + (f", shift +-{config.translate} pixels)" if config.translate else ")"))
     fig.tight_layout()
     fig.savefig(out / "samples.png", dpi=90)
     plt.close(fig)

@@ -5,7 +5,7 @@ import optax
 
 from jaxmnist.config import Config
 from jaxmnist.loops import DeviceDataset, TrainTotals, epoch_order, run_steps_device, run_steps_python
-from jaxmnist.steps import Batch, create_train_state, derive_keys, learning_rate_schedule, masked_cross_entropy, train_step
+from jaxmnist.steps import Batch, StepOptions, create_train_state, derive_keys, learning_rate_schedule, masked_cross_entropy, train_step
 
 
 def test_learning_rate_steps_down_after_lr_decay_epochs():
@@ -37,10 +37,10 @@ def test_epoch_order_covers_every_image_once_and_masks_the_padding():
 def test_a_few_steps_fit_a_tiny_batch(tiny_mnist):
     state = create_train_state(Config(), jax.random.key(0), steps_in_epoch=938)
     batch = Batch(jnp.asarray(tiny_mnist.train_images[:16]), jnp.asarray(tiny_mnist.train_labels[:16]), jnp.ones(16))
-    step = jax.jit(train_step, static_argnames="rotation")
+    step = jax.jit(train_step, static_argnames="options")
     first_loss = None
     for i in range(50):
-        state, loss = step(state, batch, jax.random.key(i), rotation=0.0)
+        state, loss = step(state, batch, jax.random.key(i), options=StepOptions())
         first_loss = float(loss) if first_loss is None else first_loss
     assert first_loss > 1.5 and float(loss) < 0.05
 
@@ -50,7 +50,7 @@ def _train(tiny_mnist, runner, seed=0):
     state = create_train_state(Config(), keys.init, steps_in_epoch=4)
     data = DeviceDataset(jnp.asarray(tiny_mnist.train_images), jnp.asarray(tiny_mnist.train_labels))
     order = epoch_order(keys.shuffle, 200, 64)
-    state, totals, loss = runner(state, TrainTotals.zeros(), data, order, 0, 4, keys.augment, 10.0)
+    state, totals, loss = runner(state, TrainTotals.zeros(), data, order, 0, 4, keys.augment, StepOptions(rotation=10.0))
     return state, totals
 
 

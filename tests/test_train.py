@@ -74,6 +74,10 @@ def test_a_different_configuration_is_refused(tmp_path, tiny_mnist):
     (["--epochs", "-1"], "--epochs must be a positive integer"),
     (["--lr", "0"], "--lr must be positive"),
     (["--rotation", "200"], "--rotation must be between 0 and 180"),
+    (["--translate", "20"], "--translate must be between 0 and 13 pixels"),
+    (["--dropout", "1"], "--dropout must be in [0, 1)"),
+    (["--warmup-epochs", "1"], "--warmup-epochs 1.0 needs --schedule cosine"),
+    (["--recipe", "best"], "invalid choice: 'best'"),
     (["--no-such-flag"], "unrecognized arguments"),
 ])
 def test_bad_flags_are_refused_before_any_work(flags, message, capsys):

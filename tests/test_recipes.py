@@ -1,0 +1,73 @@
+"""The lab report's proposed improvements: translation, dropout, cosine schedule, presets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmnist.augment import draw_transforms, random_transform, transform
+from jaxmnist.config import RECIPES, Config, parse_config
+from jaxmnist.model import CNN
+from jaxmnist.steps import learning_rate_schedule
+from jaxmnist.workdir import WorkdirError, check_resumable
+
+
+def test_translation_moves_a_known_pixel_by_the_shift_and_fills_black():
+    image = np.zeros((1, 28, 28), np.uint8)
+    image[0, 10, 12] = 255
+    out = np.asarray(transform(jnp.asarray(image), jnp.zeros(1), jnp.array([[3, -2]])))[0]  # 3 right, 2 up
+    assert out[8, 15] == 255 and out.sum() == 255
+    white = jnp.full((1, 28, 28), 255, jnp.uint8)
+    shifted = np.asarray(transform(white, jnp.zeros(1), jnp.array([[2, 1]])))[0]
+    assert (shifted[:, :2] == 0).all() and (shifted[:1, :] == 0).all() and (shifted[1:, 2:] == 255).all()
+
+
+def test_random_translation_uses_the_drawn_offsets_per_image():
+    key = jax.random.key(4)
+    image = np.zeros((6, 28, 28), np.uint8)
+    image[:, 14, 14] = 255
+    out = np.asarray(random_transform(key, jnp.asarray(image), 0.0, 2))
+    _, shifts = draw_transforms(key, 6, 0.0, 2)
+    for picture, (dx, dy) in zip(out, np.asarray(shifts)):
+        assert picture[14 + dy, 14 + dx] == 255 and abs(dx) <= 2 and abs(dy) <= 2
+    assert len({tuple(s) for s in np.asarray(draw_transforms(key, 64, 0.0, 2)[1])}) > 10
+    # Translation on does not change the angles the lab's rotation draws.
+    np.testing.assert_array_equal(draw_transforms(key, 8, 10.0, 2)[0], draw_transforms(key, 8, 10.0, 0)[0])
+
+
+def test_dropout_is_active_only_in_training_and_reproducible_for_a_key():
+    model = CNN(dropout=0.3)
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    params = model.init(jax.random.key(1), x)["params"]
+    assert sum(p.size for p in jax.tree.leaves(params)) == 28_938
+    train = lambda key: model.apply({"params": params}, x, train=True, rngs={"dropout": key})  # noqa: E731
+    np.testing.assert_array_equal(train(jax.random.key(2)), train(jax.random.key(2)))
+    assert not np.allclose(train(jax.random.key(2)), train(jax.random.key(3)))
+    np.testing.assert_array_equal(model.apply({"params": params}, x), CNN().apply({"params": params}, x))
+
+
+def test_cosine_schedule_at_start_middle_and_end():
+    config = Config(schedule="cosine", epochs=10)
+    schedule = learning_rate_schedule(config, steps_in_epoch=100)
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    assert float(schedule(500)) == pytest.approx(5e-4, rel=1e-4)
+    assert float(schedule(1000)) == pytest.approx(0.0, abs=1e-9)
+    warm = learning_rate_schedule(Config(schedule="cosine", epochs=10, warmup_epochs=1), steps_in_epoch=100)
+    assert float(warm(0)) == 0.0 and float(warm(50)) == pytest.approx(5e-4) and float(warm(100)) == pytest.approx(1e-3)
+
+
+def test_presets_expand_to_their_flags_and_explicit_flags_override_them():
+    improved = parse_config(["--recipe", "improved"], "train", "")
+    for name, value in RECIPES["improved"].items():
+        assert getattr(improved, name) == value
+    assert improved.recipe == "improved" and improved.to_dict()["recipe"] == "improved"
+    assert improved.rotation == Config().rotation  # what the preset does not name stays the lab's
+    overridden = parse_config(["--recipe", "improved", "--epochs", "3", "--dropout", "0"], "train", "")
+    assert (overridden.epochs, overridden.dropout, overridden.translate) == (3, 0.0, 2)
+    assert parse_config([], "train", "") == Config()
+
+
+def test_more_epochs_may_continue_a_step_schedule_but_not_a_cosine_one():
+    check_resumable(Config(epochs=5).to_dict(), Config(epochs=8))
+    with pytest.raises(WorkdirError, match="--epochs 5 -> 8"):
+        check_resumable(Config(epochs=5, schedule="cosine").to_dict(), Config(epochs=8, schedule="cosine"))
