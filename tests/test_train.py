@@ -91,3 +91,24 @@ def test_missing_data_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
     assert train.main(["--idx-dir", str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "run")]) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"--idx-dir {tmp_path / 'nowhere'} is not a directory; it should hold the four MNIST IDX files."]
+
+
+@pytest.mark.parametrize("case", ["workdir is a file", "data dir missing", "idx file truncated"])
+def test_bad_paths_are_one_line_and_a_non_zero_exit(case, tmp_path, capsys):
+    from conftest import make_mnist, write_idx
+
+    idx_dir = write_idx(tmp_path / "idx", make_mnist(20, 10), compress=False)
+    argv, expected = {
+        "workdir is a file": (["--idx-dir", str(idx_dir), "--workdir", str(idx_dir / "train-images-idx3-ubyte")],
+                              "is a file, not a directory."),
+        "data dir missing": (["--data-dir", str(tmp_path / "none"), "--workdir", str(tmp_path / "run")],
+                             "does not exist; give a TFDS data directory or use --idx-dir."),
+        "idx file truncated": (["--idx-dir", str(idx_dir), "--workdir", str(tmp_path / "run")],
+                               "is damaged: its header promises"),
+    }[case]
+    if case == "idx file truncated":
+        path = idx_dir / "t10k-labels-idx1-ubyte"
+        path.write_bytes(path.read_bytes()[:-3])
+    assert train.main(argv) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0]
