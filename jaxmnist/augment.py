@@ -60,7 +60,3 @@ def random_transform(key: jax.Array, images: jax.Array, max_degrees: float, max_
         return images
     return transform(images, *draw_transforms(key, images.shape[0], max_degrees, max_shift))
 
-
-def random_rotation(key: jax.Array, images: jax.Array, max_degrees: float) -> jax.Array:
-    """RandomRotation(max_degrees): a fresh angle uniform in [-max, +max] for every image."""
-    return random_transform(key, images, max_degrees)

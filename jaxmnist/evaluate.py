@@ -91,14 +91,19 @@ def error_analysis(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, A
     }
 
 
+def load_run_data(run_config: dict[str, Any], data_dir: str | None = None, idx_dir: str | None = None) -> data.MNIST:
+    """MNIST from the given flags or, when neither is given, from the source the run trained on."""
+    if data_dir is None and idx_dir is None:
+        data_dir, idx_dir = run_config.get("data_dir"), run_config.get("idx_dir")
+    return data.load(data_dir, idx_dir, run_config.get("cache_dir", ""))
+
+
 def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.MNIST | None = None,
                         data_dir: str | None = None, idx_dir: str | None = None) -> dict[str, Any]:
     """Evaluate one checkpoint on every test image; writes and returns <workdir>/eval/<step>.json."""
     params, meta, number = restore_params(workdir, step)
     if dataset is None:
-        if data_dir is None and idx_dir is None:  # by default, the data the run was trained on
-            data_dir, idx_dir = meta["config"].get("data_dir"), meta["config"].get("idx_dir")
-        dataset = data.load(data_dir, idx_dir, meta["config"].get("cache_dir", ""))
+        dataset = load_run_data(meta["config"], data_dir, idx_dir)
     batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, meta["config"].get("eval_batch_size", 500)))
     totals, probabilities = evaluate(params, batches)
     count = int(totals.count)

@@ -14,6 +14,11 @@ from jaxmnist.config import Config
 log = logging.getLogger("jaxmnist")
 
 
+def quiet_orbax() -> None:
+    """Orbax reports routine decisions as absl warnings; a user needs only our own lines."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
 def setup_console() -> None:
     """Plain lines on stdout, as the lab printed them (called by the command-line mains only)."""
     handler = logging.StreamHandler(sys.stdout)
@@ -21,8 +26,7 @@ def setup_console() -> None:
     log.handlers = [handler]  # idempotent: a second main() in one process must not print twice
     log.setLevel(logging.INFO)
     log.propagate = False
-    # Orbax reports routine decisions as absl warnings; the user needs only our own lines.
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    quiet_orbax()
 
 
 def write_config(workdir: Path, config: Config, device: str) -> None:

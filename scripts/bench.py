@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import logging
 import resource
 import shutil
 import statistics
@@ -32,6 +31,7 @@ from jaxmnist import data
 from jaxmnist.config import Config
 from jaxmnist.loops import evaluate, stack_batches
 from jaxmnist import parallel
+from jaxmnist.reporting import quiet_orbax
 from jaxmnist.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="whole-run pairs with --torch-python")
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args()
-    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's routine notices are not for the reader
+    quiet_orbax()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         config = Config(epochs=args.epochs, loop=args.loop, workdir=str(workdir / "in-process"))

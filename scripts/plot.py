@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -26,9 +25,9 @@ from jaxmnist import data  # noqa: E402
 from jaxmnist.augment import random_transform  # noqa: E402
 from jaxmnist.checkpoint import CheckpointError, Checkpoints  # noqa: E402
 from jaxmnist.config import Config  # noqa: E402
-from jaxmnist.evaluate import evaluate_checkpoint  # noqa: E402
+from jaxmnist.evaluate import evaluate_checkpoint, load_run_data  # noqa: E402
 from jaxmnist.loops import epoch_order  # noqa: E402
-from jaxmnist.reporting import MetricsLog  # noqa: E402
+from jaxmnist.reporting import MetricsLog, quiet_orbax  # noqa: E402
 from jaxmnist.steps import derive_keys  # noqa: E402
 
 
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="TFDS data directory (default: the run's own data source)")
     parser.add_argument("--idx-dir", help="MNIST IDX files (default: the run's own data source)")
     args = parser.parse_args(argv)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's routine notices are not for the reader
+    quiet_orbax()
     workdirs = [Path(w) for w in args.workdir]
     for workdir in workdirs:
         if not (workdir / "metrics.jsonl").is_file():
@@ -141,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = workdirs[0]
     config = Config(**{**json.loads((workdir / "config.json").read_text())["config"], "restart": False})
     try:
-        given = args.data_dir is not None or args.idx_dir is not None
-        dataset = data.load(*((args.data_dir, args.idx_dir) if given else (config.data_dir, config.idx_dir)), config.cache_dir)
+        dataset = load_run_data(config.to_dict(), args.data_dir, args.idx_dir)
         best = Checkpoints(workdir / "checkpoints", read_only=True).best_step()
         eval_path = workdir / "eval" / f"{best}.json"
         report = json.loads(eval_path.read_text()) if eval_path.is_file() else evaluate_checkpoint(workdir, "best", dataset)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 
 from jaxmnist.checkpoint import Checkpoints
+from jaxmnist.reporting import quiet_orbax
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = ("train_seconds", "epoch_seconds", "images_per_second")
@@ -43,7 +43,7 @@ def main() -> None:
                         help="seconds after each (re)start at which it is killed")
     parser.add_argument("--checkpoint-seconds", type=float, default=5.0)
     args = parser.parse_args()
-    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's routine notices are not for the reader
+    quiet_orbax()
     with tempfile.TemporaryDirectory() as tmp:
         def command(workdir):
             return [sys.executable, "-m", "jaxmnist.train", "--idx-dir", args.idx_dir, "--epochs", str(args.epochs),

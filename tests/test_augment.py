@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist.augment import MNIST_MEAN, MNIST_STD, normalize, random_rotation, rotate
+from jaxmnist.augment import MNIST_MEAN, MNIST_STD, normalize, random_transform, rotate
 
 
 def _one_pixel(row, col):
@@ -41,9 +41,9 @@ def test_corners_are_filled_with_black():
 def test_every_image_gets_its_own_angle():
     image = jax.random.randint(jax.random.key(0), (28, 28), 0, 256).astype(jnp.uint8)
     batch = jnp.broadcast_to(image, (8, 28, 28))
-    out = np.asarray(random_rotation(jax.random.key(3), batch, 10.0))
+    out = np.asarray(random_transform(jax.random.key(3), batch, 10.0))
     assert len({o.tobytes() for o in out}) == 8
-    np.testing.assert_array_equal(random_rotation(jax.random.key(3), batch, 0.0), batch)
+    np.testing.assert_array_equal(random_transform(jax.random.key(3), batch, 0.0), batch)
 
 
 def test_normalize_maps_black_and_white_to_the_lab_values():

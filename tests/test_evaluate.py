@@ -80,7 +80,6 @@ def test_a_damaged_checkpoint_is_a_one_line_error(trained_run, tmp_path, capsys)
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
-    import jax
     import jax.numpy as jnp
     from jaxmnist.checkpoint import Checkpoints
 
