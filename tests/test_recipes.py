@@ -1,4 +1,8 @@
-"""The lab report's proposed improvements: translation, dropout, cosine schedule, presets."""
+"""The lab report's proposed improvements and the presets: translation, dropout, schedules, weight decay."""
+
+import re
+import shlex
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +12,7 @@ import pytest
 from jaxmnist.augment import draw_transforms, random_transform, transform
 from jaxmnist.config import RECIPES, Config, parse_config
 from jaxmnist.model import CNN
-from jaxmnist.steps import learning_rate_schedule
+from jaxmnist.steps import create_train_state, learning_rate_schedule
 from jaxmnist.workdir import WorkdirError, check_resumable
 
 
@@ -56,6 +60,24 @@ def test_cosine_schedule_at_start_middle_and_end():
     assert float(warm(0)) == 0.0 and float(warm(50)) == pytest.approx(5e-4) and float(warm(100)) == pytest.approx(1e-3)
 
 
+def test_warmup_ramps_the_step_schedule_without_moving_its_decay():
+    schedule = learning_rate_schedule(Config(warmup_epochs=2, lr_decay_epochs=3, epochs=6), steps_in_epoch=100)
+    assert float(schedule(0)) == 0.0 and float(schedule(100)) == pytest.approx(5e-4)
+    assert float(schedule(200)) == pytest.approx(1e-3) and float(schedule(299)) == pytest.approx(1e-3)
+    assert float(schedule(300)) == pytest.approx(1e-4)  # the decay still comes at epoch 3
+
+
+def test_weight_decay_shrinks_the_kernels_and_spares_the_biases():
+    state = create_train_state(Config(weight_decay=0.1), jax.random.key(0), steps_in_epoch=10)
+    no_gradient = jax.tree.map(jnp.zeros_like, state.params)  # Adam's own update is then exactly 0
+    decayed = state.apply_gradients(grads=no_gradient).params
+    for layer in ("conv1", "conv2", "fc"):
+        np.testing.assert_allclose(decayed[layer]["kernel"], state.params[layer]["kernel"] * (1 - 1e-3 * 0.1), rtol=1e-6)
+        np.testing.assert_array_equal(decayed[layer]["bias"], state.params[layer]["bias"])
+    plain = create_train_state(Config(), jax.random.key(0), steps_in_epoch=10)
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, plain.apply_gradients(grads=no_gradient).params, plain.params))
+
+
 def test_presets_expand_to_their_flags_and_explicit_flags_override_them():
     improved = parse_config(["--recipe", "improved"], "train", "")
     for name, value in RECIPES["improved"].items():
@@ -65,6 +87,14 @@ def test_presets_expand_to_their_flags_and_explicit_flags_override_them():
     overridden = parse_config(["--recipe", "improved", "--epochs", "3", "--dropout", "0"], "train", "")
     assert (overridden.epochs, overridden.dropout, overridden.translate) == (3, 0.0, 2)
     assert parse_config([], "train", "") == Config()
+
+
+def test_the_readme_states_the_improved_preset_as_it_is():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = re.search(r"`--recipe improved` is `([^`]+)`", readme).group(1)
+    as_flags = parse_config(shlex.split(documented), "train", "").to_dict()
+    as_preset = parse_config(["--recipe", "improved"], "train", "").to_dict()
+    assert as_flags | {"recipe": "improved"} == as_preset
 
 
 def test_more_epochs_may_continue_a_step_schedule_but_not_a_cosine_one():

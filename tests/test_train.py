@@ -76,7 +76,7 @@ def test_a_different_configuration_is_refused(tmp_path, tiny_mnist):
     (["--rotation", "200"], "--rotation must be between 0 and 180"),
     (["--translate", "20"], "--translate must be between 0 and 13 pixels"),
     (["--dropout", "1"], "--dropout must be in [0, 1)"),
-    (["--warmup-epochs", "1"], "--warmup-epochs 1.0 needs --schedule cosine"),
+    (["--warmup-epochs", "5"], "--warmup-epochs must be at least 0 and less than --epochs (5), got 5.0"),
     (["--recipe", "best"], "invalid choice: 'best'"),
     (["--no-such-flag"], "unrecognized arguments"),
 ])
