@@ -18,23 +18,38 @@ import sys
 import time
 from pathlib import Path
 
+from jaxmnist.config import Config, parse_config
+
 ROOT = Path(__file__).resolve().parents[1]
+
 VARIANTS = {  # name -> flags on top of the lab's defaults
     "lab recipe (5 epochs)": [],
     "+ translate 2 px": ["--translate", "2"],
     "+ dropout 0.3": ["--dropout", "0.3"],
     "+ cosine schedule": ["--schedule", "cosine"],
     "+ label smoothing 0.1": ["--label-smoothing", "0.1"],
+    "+ peak lr 3e-3 after 1 warmup epoch": ["--lr", "3e-3", "--warmup-epochs", "1"],
+    "+ weight decay 0.05": ["--weight-decay", "0.05"],
+    "the four proposals, 15 epochs": ["--epochs", "15", "--translate", "2", "--dropout", "0.3", "--schedule", "cosine",
+                                      "--label-smoothing", "0.1"],
     "improved preset (15 epochs)": ["--recipe", "improved"],
 }
 
 
-def final_accuracy(workdir: Path) -> float | None:
-    path = workdir / "metrics.jsonl"
-    epochs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    epochs = [r for r in epochs if r["kind"] == "epoch"]
-    expected = json.loads((workdir / "config.json").read_text())["config"]["epochs"] if epochs else None
-    return epochs[-1]["test_accuracy"] if epochs and epochs[-1]["epoch"] == expected else None
+def final_accuracy(workdir: Path, flags: list[str]) -> float | None:
+    """The last epoch's test accuracy of a finished run made with exactly these flags, else None
+    (so a workdir left by an older preset or an interrupted run is trained again)."""
+    config_path, metrics_path = workdir / "config.json", workdir / "metrics.jsonl"
+    if not (config_path.exists() and metrics_path.exists()):
+        return None
+    recorded = Config().to_dict() | json.loads(config_path.read_text())["config"]  # knobs added since: defaults
+    expected = parse_config(flags, prog="ablation", description="").to_dict()
+    # Where a run was made, and the preset's name: the knobs themselves decide what was trained.
+    ignored = ("restart", "workdir", "data_dir", "idx_dir", "cache_dir", "recipe")
+    if any(recorded[key] != value for key, value in expected.items() if key not in ignored):
+        return None
+    epochs = [r for r in map(json.loads, metrics_path.read_text().splitlines()) if r["kind"] == "epoch"]
+    return epochs[-1]["test_accuracy"] if epochs and epochs[-1]["epoch"] == expected["epochs"] else None
 
 
 def main() -> None:
@@ -54,12 +69,13 @@ def main() -> None:
         for seed in args.seeds:
             workdir = Path(args.out) / f"{'-'.join(flags) or 'lab'}-seed{seed}".replace("--", "")
             timing = workdir / "wall_seconds.txt"
-            if final_accuracy(workdir) is None:
+            run_flags = [*flags, "--seed", str(seed)]
+            if final_accuracy(workdir, run_flags) is None:
                 start = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "jaxmnist.train", *source, *flags, "--seed", str(seed),
+                subprocess.run([sys.executable, "-m", "jaxmnist.train", *source, *run_flags,
                                 "--workdir", str(workdir), "--restart"], check=True, cwd=ROOT, capture_output=True)
                 timing.write_text(f"{time.perf_counter() - start:.1f}\n")
-            accuracies.append(final_accuracy(workdir))
+            accuracies.append(final_accuracy(workdir, run_flags))
             seconds.append(float(timing.read_text()))
             print(f"{name}, seed {seed}: {accuracies[-1]:.2f}% in {seconds[-1]:.0f} s", flush=True)
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
