@@ -143,6 +143,20 @@ def test_ctrl_c_saves_and_says_how_to_resume(idx_dir, tmp_path, uninterrupted):
     _assert_same(workdir, uninterrupted)
 
 
+def test_the_improved_recipe_resumes_exactly_too(idx_dir, tmp_path):
+    # Its extra randomness (shifts, dropout) and AdamW's state must come back as they were.
+    recipe = ("--recipe", "improved", "--epochs", "2")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert _run(_command(idx_dir, straight, *recipe)).returncode == 0
+    process = _start(_command(idx_dir, killed, *recipe))
+    _wait_for_lines(process, 9)  # mid-epoch 2
+    process.kill()
+    process.wait()
+    result = _run(_command(idx_dir, killed, *recipe))
+    assert result.returncode == 0 and "Resuming from epoch 2" in result.stdout, result.stderr
+    _assert_same(killed, _results(straight))
+
+
 def test_a_different_configuration_is_refused_and_restart_starts_over(idx_dir, tmp_path):
     workdir = tmp_path / "run"
     assert _run(_command(idx_dir, workdir, "--epochs", "1")).returncode == 0
