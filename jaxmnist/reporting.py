@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -19,9 +20,21 @@ def quiet_orbax() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """Once the reader of stdout has gone (`... | head`), drop the remaining lines quietly instead
+    of printing a traceback for each; the work itself (metrics, checkpoints, files) carries on."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            # Python's own advice: point stdout at devnull, so later lines and the exit flush pass.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        super().handleError(record)
+
+
 def setup_console() -> None:
     """Plain lines on stdout, as the lab printed them (called by the command-line mains only)."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _ConsoleHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers = [handler]  # idempotent: a second main() in one process must not print twice
     log.setLevel(logging.INFO)
