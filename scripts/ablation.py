@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from child_runs import run_or_exit, train_command  # scripts/, on sys.path when run as a script
 from jaxmnist.config import Config, parse_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {  # name -> flags on top of the lab's defaults
     "lab recipe (5 epochs)": [],
@@ -57,10 +54,11 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--idx-dir")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), metavar="VARIANT",
+                        help="variant names to run, as in the table (default: all)")
     parser.add_argument("--out", default="runs/ablation")
     args = parser.parse_args()
-    source = ["--data-dir", args.data_dir] if args.data_dir else ["--idx-dir", args.idx_dir]
+    source = ["--data-dir", args.data_dir] if args.data_dir else ["--idx-dir", args.idx_dir] if args.idx_dir else []
     rows = []
     for name, flags in VARIANTS.items():
         if args.only and name not in args.only:
@@ -70,16 +68,19 @@ def main() -> None:
             workdir = Path(args.out) / f"{'-'.join(flags) or 'lab'}-seed{seed}".replace("--", "")
             timing = workdir / "wall_seconds.txt"
             run_flags = [*flags, "--seed", str(seed)]
-            if final_accuracy(workdir, run_flags) is None:
+            accuracy = final_accuracy(workdir, run_flags)
+            if accuracy is None:
                 start = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "jaxmnist.train", *source, *run_flags,
-                                "--workdir", str(workdir), "--restart"], check=True, cwd=ROOT, capture_output=True)
+                run_or_exit(train_command(*source, *run_flags, "--workdir", str(workdir), "--restart"),
+                            f"{name}, seed {seed}", keep_output=workdir.with_name(workdir.name + ".log"))
                 timing.write_text(f"{time.perf_counter() - start:.1f}\n")
-            accuracies.append(final_accuracy(workdir, run_flags))
+                accuracy = final_accuracy(workdir, run_flags)
+            accuracies.append(accuracy)
             seconds.append(float(timing.read_text()))
             print(f"{name}, seed {seed}: {accuracies[-1]:.2f}% in {seconds[-1]:.0f} s", flush=True)
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-        rows.append(f"| {name} | {' '.join(map(str, flags)) or '(defaults)'} | {statistics.mean(accuracies):.2f}% "
+        shown_flags = "`" + " ".join(flags) + "`" if flags else "(defaults)"
+        rows.append(f"| {name} | {shown_flags} | {statistics.mean(accuracies):.2f}% "
                     f"+- {spread:.2f} | {', '.join(f'{a:.2f}' for a in accuracies)} | {statistics.mean(seconds):.0f} s |")
     print("\n| variant | flags | test accuracy, mean +- std | per seed | wall time |\n|---|---|---|---|---|")
     print("\n".join(rows))

@@ -19,7 +19,6 @@ import json
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import jax
 
+from child_runs import ROOT, run_or_exit, train_command  # scripts/, on sys.path when run as a script
 from jaxmnist import data
 from jaxmnist.config import Config
 from jaxmnist.loops import evaluate, stack_batches
@@ -34,7 +34,6 @@ from jaxmnist import parallel
 from jaxmnist.reporting import quiet_orbax
 from jaxmnist.train import train_and_evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
 TORCH_SCRIPT = ROOT.parent / "shared" / "reference" / "seed_torch.py"
 
 
@@ -71,11 +70,9 @@ def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
     }
 
 
-def _timed(command: list[str]) -> tuple[float, str]:
+def _timed(command: list[str], what: str) -> tuple[float, str]:
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    result = run_or_exit(command, what)
     return time.perf_counter() - start, result.stdout
 
 
@@ -91,10 +88,11 @@ def compare_with_torch(args, workdir: Path) -> dict:
     for repeat in range(args.repeats):
         jax_workdir = workdir / f"jax-{repeat}"
         source = ["--data-dir", args.data_dir] if args.data_dir else ["--idx-dir", args.idx_dir]
-        jax_seconds, jax_out = _timed([sys.executable, "-m", "jaxmnist.train", *source,
-                                       "--epochs", str(args.epochs), "--workdir", str(jax_workdir)])
+        jax_seconds, _ = _timed(train_command(*source, "--epochs", str(args.epochs), "--workdir", str(jax_workdir)),
+                                "jaxmnist's whole run")
         torch_seconds, torch_out = _timed([args.torch_python, str(TORCH_SCRIPT), "--root", str(torch_root),
-                                           "--epochs", str(args.epochs), "--save", str(workdir / "seed_best.pt")])
+                                           "--epochs", str(args.epochs), "--save", str(workdir / "seed_best.pt")],
+                                          "the PyTorch script")
         jax_records = [json.loads(line) for line in (jax_workdir / "metrics.jsonl").read_text().splitlines()]
         torch_summary = json.loads(torch_out.strip().splitlines()[-1])
         runs.append({
@@ -118,11 +116,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="whole-run pairs with --torch-python")
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args()
+    if args.torch_python and not args.idx_dir:
+        parser.error("--torch-python needs --idx-dir: the PyTorch script reads the IDX files.")
     quiet_orbax()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         config = Config(epochs=args.epochs, loop=args.loop, workdir=str(workdir / "in-process"))
-        dataset = data.load(args.data_dir) if args.data_dir else data.load(idx_dir=args.idx_dir)
+        try:
+            dataset = data.load(args.data_dir) if args.data_dir else data.load(idx_dir=args.idx_dir)
+        except data.DataError as error:
+            sys.exit(str(error))
         result = measure_in_process(config, dataset)
         print(json.dumps(result, indent=1), flush=True)
         if args.torch_python:

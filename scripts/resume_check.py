@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,10 +19,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from child_runs import ROOT, run_or_exit, train_command  # scripts/, on sys.path when run as a script
 from jaxmnist.checkpoint import Checkpoints
 from jaxmnist.reporting import quiet_orbax
-
-ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = ("train_seconds", "epoch_seconds", "images_per_second")
 
 
@@ -46,11 +44,11 @@ def main() -> None:
     quiet_orbax()
     with tempfile.TemporaryDirectory() as tmp:
         def command(workdir):
-            return [sys.executable, "-m", "jaxmnist.train", "--idx-dir", args.idx_dir, "--epochs", str(args.epochs),
-                    "--checkpoint-seconds", str(args.checkpoint_seconds), "--workdir", str(workdir)]
+            return train_command("--idx-dir", args.idx_dir, "--epochs", str(args.epochs),
+                                 "--checkpoint-seconds", str(args.checkpoint_seconds), "--workdir", str(workdir))
 
         straight, killed = Path(tmp) / "straight", Path(tmp) / "killed"
-        subprocess.run(command(straight), check=True, cwd=ROOT, capture_output=True)
+        run_or_exit(command(straight), "the uninterrupted run")
         for seconds in args.kill_after:
             process = subprocess.Popen(command(killed), cwd=ROOT, stdout=subprocess.PIPE, text=True)
             time.sleep(seconds)
@@ -59,7 +57,7 @@ def main() -> None:
             resumed = [line for line in out.splitlines() if line.startswith("Resuming")]
             print(f"killed after {seconds} s ({resumed[0] if resumed else 'fresh start'}; "
                   f"{sum(line.startswith('Train Epoch') for line in out.splitlines())} log lines)")
-        final = subprocess.run(command(killed), check=True, cwd=ROOT, capture_output=True, text=True)
+        final = run_or_exit(command(killed), "the final resumed run")
         status = [line for line in final.stdout.splitlines() if line.startswith(("Resuming", "This run already"))]
         print("final run:", status[0] if status else "started afresh")
         (straight_records, straight_params), (killed_records, killed_params) = results(straight), results(killed)
