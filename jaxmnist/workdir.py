@@ -10,7 +10,8 @@ from typing import Any
 from jaxmnist.config import Config
 
 # Settings that change where or how a run is observed, never what it computes (devices: only
-# the order in which floats are summed): a resumed run may change them freely. More --epochs is safe too, since the step decay ignores the total.
+# the order in which floats are summed): a resumed run may change them freely. More --epochs is
+# safe too with the step decay, which ignores the total (check_resumable makes cosine the exception).
 _FREE_TO_CHANGE = {"epochs", "workdir", "data_dir", "idx_dir", "log_every", "eval_batch_size", "loop",
                    "checkpoint_seconds", "restart", "cache_dir", "devices", "recipe"}
 
@@ -45,7 +46,7 @@ def check_resumable(saved: dict[str, Any], config: Config) -> None:
     free = _FREE_TO_CHANGE - ({"epochs"} if config.schedule == "cosine" else set())  # cosine spans the whole run
     differing = [name for name in current if name not in free and saved.get(name, _DEFAULTS[name]) != current[name]]
     if differing:
-        settings = ", ".join(f"--{n.replace('_', '-')} {saved.get(n)} -> {current[n]}" for n in differing)
+        settings = ", ".join(f"--{n.replace('_', '-')} {saved.get(n, _DEFAULTS[n])} -> {current[n]}" for n in differing)
         raise WorkdirError(
             f"{config.workdir} holds a run with different settings ({settings}); "
             "use another --workdir, or --restart to discard that run."

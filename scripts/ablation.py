@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from child_runs import run_or_exit, train_command  # scripts/, on sys.path when run as a script
-from jaxmnist.config import Config, parse_config
+from jaxmnist.config import parse_config
+from jaxmnist.workdir import WorkdirError, check_resumable
 
 VARIANTS = {  # name -> flags on top of the lab's defaults
     "lab recipe (5 epochs)": [],
@@ -34,19 +35,19 @@ VARIANTS = {  # name -> flags on top of the lab's defaults
 
 
 def final_accuracy(workdir: Path, flags: list[str]) -> float | None:
-    """The last epoch's test accuracy of a finished run made with exactly these flags, else None
-    (so a workdir left by an older preset or an interrupted run is trained again)."""
+    """The last epoch's test accuracy of a finished run made with these flags, else None (so a
+    workdir left by an older preset or an interrupted run is trained again). "Made with these
+    flags" is what a resume accepts: the same knobs, wherever and under whichever preset name."""
     config_path, metrics_path = workdir / "config.json", workdir / "metrics.jsonl"
     if not (config_path.exists() and metrics_path.exists()):
         return None
-    recorded = Config().to_dict() | json.loads(config_path.read_text())["config"]  # knobs added since: defaults
-    expected = parse_config(flags, prog="ablation", description="").to_dict()
-    # Where a run was made, and the preset's name: the knobs themselves decide what was trained.
-    ignored = ("restart", "workdir", "data_dir", "idx_dir", "cache_dir", "recipe")
-    if any(recorded[key] != value for key, value in expected.items() if key not in ignored):
+    expected = parse_config(flags, prog="ablation", description="")
+    try:
+        check_resumable(json.loads(config_path.read_text())["config"], expected)
+    except WorkdirError:
         return None
     epochs = [r for r in map(json.loads, metrics_path.read_text().splitlines()) if r["kind"] == "epoch"]
-    return epochs[-1]["test_accuracy"] if epochs and epochs[-1]["epoch"] == expected["epochs"] else None
+    return epochs[-1]["test_accuracy"] if epochs and epochs[-1]["epoch"] == expected.epochs else None
 
 
 def main() -> None:
