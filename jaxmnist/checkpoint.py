@@ -10,6 +10,7 @@ restore the parameters alone:
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxmnist.errors import UserError
 
-class CheckpointError(Exception):
+
+class CheckpointError(UserError):
     """A checkpoint is missing, damaged or does not fit; the message is one sentence."""
 
 
@@ -70,13 +73,20 @@ class Checkpoints:
         return self._restore(step, meta=ocp.args.JsonRestore()).meta
 
     def set_aside(self, step: int) -> Path:
-        """Move a damaged checkpoint out of the way (not deleted: it is the user's) and forget it."""
-        target = self.directory.parent / "damaged-checkpoints" / str(step)
-        target.parent.mkdir(exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
+        """Move a damaged checkpoint out of the way (not deleted: it is the user's); call reload()
+        in every process afterwards."""
+        folder = self.directory.parent / "damaged-checkpoints"
+        folder.mkdir(exist_ok=True)
+        target = folder / str(step)
+        suffix = 1
+        while target.exists():  # never overwrite one set aside before
+            target, suffix = folder / f"{step}.{suffix}", suffix + 1
         shutil.move(self.directory / str(step), target)
-        self._manager.reload()
         return target
+
+    def reload(self) -> None:
+        """Read the directory again (after set_aside, or while another process writes it)."""
+        self._manager.reload()
 
     def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None) -> None:
         """Start an asynchronous save; metrics (test accuracy) make it a candidate for best."""
@@ -86,7 +96,11 @@ class Checkpoints:
             progress=ocp.args.StandardSave(progress),
             meta=ocp.args.JsonSave(meta),
         )
-        self._manager.save(step, args=args, metrics=metrics, force=True)
+        try:
+            self._manager.save(step, args=args, metrics=metrics, force=True)
+            self._manager.check_for_errors()  # a failure of the previous asynchronous save surfaces here
+        except Exception as error:  # noqa: BLE001 - unwritable, disk full, ...: all mean the same here
+            raise self._save_failed(step, error) from None
 
     def param_shapes(self, step: int) -> Any:
         """The saved parameters' shapes, from the checkpoint's metadata, without reading them."""
@@ -123,9 +137,21 @@ class Checkpoints:
         except Exception as error:  # noqa: BLE001 - Orbax raises many types for damaged files; all mean the same here
             raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged or does not fit ({_reason(error)}).") from None
 
-    def wait(self) -> None:
-        """Block until every asynchronous save is on disk."""
-        self._manager.wait_until_finished()
+    def _save_failed(self, step: int, error: Exception) -> CheckpointError:
+        return CheckpointError(f"Saving checkpoint step {step} in {self.directory} failed ({_reason(error)}); the "
+                               "checkpoints saved before it are intact.")
 
-    def close(self) -> None:
-        self._manager.close()
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Wait until every asynchronous save is on disk (or has failed, in one sentence), then let
+        Orbax's threads go, so the process can end."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001
+            if exc_info[1] is None:
+                raise self._save_failed(self.latest_step() or 0, error) from None
+        finally:
+            with contextlib.suppress(Exception):
+                self._manager.close()

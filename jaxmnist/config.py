@@ -1,86 +1,130 @@
-"""Every knob of a run, with the lab's values as defaults, and the command line made from it."""
+"""Every setting of a run, with the lab's values as defaults, and the command line made from it.
+
+Two kinds of setting, declared field by field:
+- the recipe (`_recipe`): what a run computes. A resumed run must use the same values
+  (run.py compares them with the checkpoint's), because any change alters the numbers.
+- run options (`_option`): where and how a run is observed (paths, devices, logging, caches);
+  they may change freely on resume.
+
+No JAX here: `--help` and flag errors answer without importing it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from typing import Any, Sequence
 
+SEED_LIMIT = 2**64  # seeds are 64-bit: derive_keys folds the high 32 bits in
 
-def _knob(default: Any, help: str, **extra: Any) -> Any:
-    """A config field whose help text becomes the flag's help."""
-    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+def _recipe(default: Any, help: str, metavar: str | None = None, **extra: Any) -> Any:
+    """A setting that changes what the run computes; help and metavar become the flag's."""
+    return dataclasses.field(default=default, metadata={"help": help, "metavar": metavar, "recipe": True, **extra})
+
+
+def _option(default: Any, help: str, metavar: str | None = None, **extra: Any) -> Any:
+    """A setting that never changes the numbers, so a resumed run may change it."""
+    return dataclasses.field(default=default, metadata={"help": help, "metavar": metavar, "recipe": False, **extra})
+
+
+class SettingError(ValueError):
+    """A setting's value is invalid; name is the field, the message one sentence."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One training run. Defaults reproduce the lab (seed.md); the workdir records the rest."""
+    """One training run. The defaults are the lab's recipe."""
 
-    epochs: int = _knob(5, "passes over the 60,000 training images")
-    batch_size: int = _knob(64, "training images per step; the last partial batch is kept")
-    lr: float = _knob(1e-3, "Adam learning rate before any decay")
-    lr_decay_epochs: int = _knob(5, "multiply the learning rate by --lr-decay every this many epochs")
-    lr_decay: float = _knob(0.1, "the step-decay factor (StepLR's gamma)")
-    rotation: float = _knob(10.0, "random rotation of training images, uniform in +-DEGREES; 0 = off")
-    translate: int = _knob(0, "random shift of training images, uniform in +-PIXELS on each axis; 0 = off")
-    dropout: float = _knob(0.0, "dropout rate after the second pooling layer, training only; 0 = off")
-    schedule: str = _knob("step", "learning-rate schedule: step (the lab's StepLR) or cosine (from --lr to 0 over the run)",
-                          choices=("step", "cosine"))
-    warmup_epochs: float = _knob(0.0, "ramp the learning rate linearly from 0 over this many epochs first; 0 = off")
-    label_smoothing: float = _knob(0.0, "optax.smooth_labels on the training targets; 0 = off")
-    weight_decay: float = _knob(0.0, "decoupled weight decay of the kernels (optax.adamw, biases exempt); 0 = the "
-                                "lab's plain Adam")
-    recipe: str = _knob("lab", "a named preset of the knobs above: lab (the defaults) or improved; flags given "
-                        "with it override it", choices=("lab", "improved"))
-    seed: int = _knob(0, "the one seed every random stream (init, shuffle, rotation) derives from")
-    workdir: str = _knob("runs/mnist", "where config.json, metrics.jsonl and checkpoints/ go")
-    log_every: int = _knob(100, "print the training loss every this many batches")
-    eval_batch_size: int = _knob(500, "test images per evaluation batch (the last one is padded)")
-    data_dir: str | None = _knob(None, "TFDS data directory (default: TFDS's own, or $TFDS_DATA_DIR)")
-    idx_dir: str | None = _knob(None, "read the four MNIST IDX files from here instead of TFDS")
-    loop: str = _knob(
+    # --- the recipe ------------------------------------------------------------------------------
+    epochs: int = _recipe(5, "passes over the 60,000 training images", "N")
+    batch_size: int = _recipe(64, "training images per step; the last, smaller batch of an epoch is kept", "N")
+    lr: float = _recipe(1e-3, "Adam's learning rate before any decay", "RATE")
+    lr_decay_epochs: int = _recipe(5, "with --schedule step, multiply the learning rate by --lr-decay after every N "
+                                   "epochs (so with --epochs 5 the lab's decay never happens)", "N")
+    lr_decay: float = _recipe(0.1, "the step decay's factor (PyTorch StepLR's gamma)", "FACTOR")
+    rotation: float = _recipe(10.0, "rotate each training image by a random angle in +-DEGREES; 0 = off", "DEGREES")
+    translate: int = _recipe(0, "shift each training image by a random whole number of pixels in +-PIXELS on each "
+                             "axis; 0 = off", "PIXELS")
+    dropout: float = _recipe(0.0, "dropout rate after the second pooling layer, in training only; 0 = off", "RATE")
+    schedule: str = _recipe("step", "learning-rate schedule: step (the lab's StepLR) or cosine (from --lr to 0 over "
+                            "the run)", "{step,cosine}", choices=("step", "cosine"))
+    warmup_epochs: float = _recipe(0.0, "raise the learning rate linearly from 0 over the first EPOCHS first; 0 = off",
+                                   "EPOCHS")
+    label_smoothing: float = _recipe(0.0, "smooth the training targets by this amount (optax.smooth_labels); 0 = off",
+                                     "AMOUNT")
+    weight_decay: float = _recipe(0.0, "decoupled weight decay of the kernels (optax.adamw, biases exempt); 0 = the "
+                                  "lab's plain Adam", "RATE")
+    seed: int = _recipe(0, "the one seed every random stream (init, shuffle, augmentation) derives from; "
+                        f"0 to 2**64-1", "N")
+    eval_batch_size: int = _recipe(500, "test images per evaluation batch (the last one is padded)", "N")
+    loop: str = _recipe(
         "auto",
-        "how steps are driven: python (one jitted step per batch, fastest on CPU), device (the steps "
-        "between log points in one compiled loop, fastest on GPU), auto (by backend)",
-        choices=("auto", "python", "device"),
+        "how steps are driven: python (one compiled step per batch, fastest on CPU), device (the steps between "
+        "two log points in one compiled loop, fastest on GPU), or auto (by backend); the two agree to about 1e-5",
+        "{auto,python,device}", choices=("auto", "python", "device"),
     )
-    devices: str = _knob("all", "data-parallel over all local devices (and every process's), or the first N")
-    cache_dir: str = _knob(
-        "~/.cache/jaxmnist",
-        "kept between runs: compiled programs (xla/) and MNIST decoded from TFDS (mnist-*.npz); '' = off")
-    checkpoint_seconds: float = _knob(30.0, "also save the latest state mid-epoch at most this often")
-    restart: bool = _knob(False, "discard the checkpoints and metrics of a run already in --workdir")
+    precision: str = _recipe(
+        "float32", "arithmetic of convolutions and matrix products: float32 (the lab's, and the CPU's) or tf32 "
+        "(faster on NVIDIA GPUs, a 10-bit mantissa)", "{float32,tf32}", choices=("float32", "tf32"))
+    deterministic: bool = _recipe(True, "on a GPU, compute the same numbers on every run (XLA's deterministic ops); "
+                                  "--no-deterministic trades that for speed")
+
+    # --- run options ------------------------------------------------------------------------------
+    recipe: str = _option("lab", "start from a preset: lab (every default above) or improved (--epochs 15 "
+                          "--translate 2 --dropout 0.3 --schedule cosine --lr 3e-3 --warmup-epochs 1 --weight-decay "
+                          "0.05); flags given with it override it", "{lab,improved}", choices=("lab", "improved"))
+    workdir: str = _option("runs/mnist", "the run's folder: config.json, metrics.jsonl, checkpoints/", "DIR")
+    data_dir: str | None = _option(None, "a TFDS data directory holding MNIST", "DIR",
+                                   default_text="TFDS's own: $TFDS_DATA_DIR or ~/tensorflow_datasets, downloading "
+                                                "MNIST if needed")
+    idx_dir: str | None = _option(None, "read the four MNIST IDX files from DIR instead of TFDS", "DIR",
+                                  default_text="use TFDS")
+    allow_small_data: bool = _option(False, "train on fewer images than MNIST's 60,000 / 10,000 (tests, experiments)")
+    devices: str = _option("all", "data-parallel over all devices of every process, or the first N", "{all,N}")
+    log_every: int = _option(100, "print the training loss every N batches", "N")
+    checkpoint_seconds: float = _option(30.0, "save the latest state mid-epoch at most every SECONDS too", "SECONDS")
+    cache_dir: str = _option("~/.cache/jaxmnist", "keep compiled programs (xla/) and MNIST decoded from TFDS here "
+                             "between runs; '' = off", "DIR")
+    restart: bool = _option(False, "discard what an earlier run wrote in --workdir and start again")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr_decay_epochs", "log_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}.")
-        if not self.checkpoint_seconds > 0:
-            raise ValueError(f"--checkpoint-seconds must be positive, got {self.checkpoint_seconds}.")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}.")
-        if not 0 < self.lr_decay <= 1:
-            raise ValueError(f"--lr-decay must be in (0, 1], got {self.lr_decay}.")
-        if not 0 <= self.translate <= 13:
-            raise ValueError(f"--translate must be between 0 and 13 pixels, got {self.translate}.")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}.")
-        if not 0 <= self.weight_decay < 1:
-            raise ValueError(f"--weight-decay must be in [0, 1), got {self.weight_decay}.")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"--warmup-epochs must be at least 0 and less than --epochs ({self.epochs}), got {self.warmup_epochs}.")
-        if not 0 <= self.rotation <= 180:
-            raise ValueError(f"--rotation must be between 0 and 180 degrees, got {self.rotation}.")
-        if self.devices != "all" and not (self.devices.isdigit() and int(self.devices) > 0):
-            raise ValueError(f"--devices must be 'all' or a positive integer, got {self.devices}.")
+                raise SettingError(name, f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}.")
+        checks = (
+            ("checkpoint_seconds", self.checkpoint_seconds > 0, "must be positive"),
+            ("lr", self.lr > 0, "must be positive"),
+            ("lr_decay", 0 < self.lr_decay <= 1, "must be in (0, 1]"),
+            ("translate", 0 <= self.translate <= 13, "must be between 0 and 13 pixels"),
+            ("dropout", 0 <= self.dropout < 1, "must be in [0, 1)"),
+            ("weight_decay", 0 <= self.weight_decay < 1, "must be in [0, 1)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs, f"must be at least 0 and less than --epochs ({self.epochs})"),
+            ("rotation", 0 <= self.rotation <= 180, "must be between 0 and 180 degrees"),
+            ("seed", 0 <= self.seed < SEED_LIMIT, "must be between 0 and 2**64-1"),
+            ("devices", self.devices == "all" or (self.devices.isascii() and self.devices.isdigit() and int(self.devices) > 0),
+             "must be 'all' or a positive integer"),
+            ("workdir", self.workdir.strip() != "", "must name a folder (it is empty: an unset shell variable?)"),
+        )
+        for name, valid, requirement in checks:
+            if not valid:
+                raise SettingError(name, f"--{_flag(name)} {requirement}, got {getattr(self, name)!r}.")
         if self.data_dir is not None and self.idx_dir is not None:
-            raise ValueError("Give either --data-dir (TFDS) or --idx-dir (IDX files), not both.")
+            raise SettingError("idx_dir", "Give either --data-dir (TFDS) or --idx-dir (IDX files), not both.")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready values."""
         return dataclasses.asdict(self)
+
+    def recipe_dict(self) -> dict[str, Any]:
+        """The recipe alone: what a resumed run must keep."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["recipe"]}
 
 
 # The presets of --recipe. "improved" is the best combination the ablation in README.md found:
@@ -92,9 +136,23 @@ RECIPES: dict[str, dict[str, Any]] = {
                  "weight_decay": 0.05},
 }
 
+EXAMPLES = """\
+examples:
+  python -m jaxmnist.train --data-dir ../shared/data/tensorflow_datasets   # train the lab's recipe into runs/mnist
+  python -m jaxmnist.evaluate --workdir runs/mnist                         # test accuracy and errors of the best model
+  python scripts/plot.py --workdir runs/mnist                              # figures into runs/mnist/plots
+
+Run the same command again to resume an interrupted run; Ctrl-C saves and stops."""
+
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _given(name: str, argv: Sequence[str]) -> bool:
+    """Whether the command line sets this field itself (as --flag VALUE or --flag=VALUE)."""
+    flag = f"--{_flag(name)}"
+    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
 
 
 def _field_type(field: dataclasses.Field) -> type:
@@ -115,33 +173,39 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser with one --flag per Config field; unknown flags are errors."""
-    parser = OneLineParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description, epilog=EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(Config):
-        kwargs: dict[str, Any] = {"default": field.default, "help": f"{field.metadata['help']} (default: %(default)s)"}
+        default = field.metadata.get("default_text", "%(default)s")
+        kwargs: dict[str, Any] = {"default": field.default, "help": f"{field.metadata['help']} (default: {default})"}
         if "choices" in field.metadata:
             kwargs["choices"] = field.metadata["choices"]
         if _field_type(field) is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["help"] = field.metadata["help"]  # BooleanOptionalAction adds the default itself
         else:
             kwargs["type"] = _field_type(field)
-            kwargs["metavar"] = field.name.upper()
+            kwargs["metavar"] = field.metadata["metavar"]
         parser.add_argument(f"--{_flag(field.name)}", dest=field.name, **kwargs)
     return parser
 
 
-def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
-    """Build the config, turning a bad value into the parser's one-line error (exit 2)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
-    try:
-        return Config(**values)
-    except ValueError as error:
-        parser.error(str(error))
-        raise  # unreachable: parser.error exits
-
-
 def parse_config(argv: Sequence[str] | None, prog: str, description: str) -> Config:
-    """Parse a command line into a validated Config: --recipe's preset first, explicit flags over it."""
+    """Parse a command line into a validated Config: --recipe's preset first, explicit flags over it.
+
+    A bad value is the parser's one-line error (exit 2); when the value came from the preset, the
+    message says so and how to change it.
+    """
     parser = build_parser(prog, description)
     recipe = parser.parse_known_args(argv)[0].recipe
-    parser.set_defaults(**RECIPES[recipe])
-    return config_from_args(parser.parse_args(argv), parser)
+    preset = RECIPES[recipe]
+    parser.set_defaults(**preset)
+    args = parser.parse_args(argv)
+    try:
+        return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+    except SettingError as error:
+        if error.name in preset and not _given(error.name, sys.argv[1:] if argv is None else argv):
+            parser.error(f"{error} (--{_flag(error.name)} {preset[error.name]} comes from --recipe {recipe}; give "
+                         f"--{_flag(error.name)} yourself to change it.)")
+        parser.error(str(error))
+        raise  # unreachable: parser.error exits

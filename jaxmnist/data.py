@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxmnist.errors import UserError
+
 IMAGE_SIZE = 28
 TRAIN_SIZE = 60_000
 TEST_SIZE = 10_000
@@ -22,7 +24,7 @@ TEST_SIZE = 10_000
 _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 
 
-class DataError(Exception):
+class DataError(UserError):
     """The dataset cannot be found or read; the message is one sentence for the user."""
 
 
@@ -196,7 +198,7 @@ def _can_reach(address: tuple[str, int], timeout: float = 3.0) -> bool:
 
 
 def _check(dataset: MNIST) -> None:
-    """Refuse anything that is not a complete MNIST: a short dataset must never train silently."""
+    """Refuse anything that is not shaped like MNIST: images [N, 28, 28], labels 0..9."""
     for split, images, labels in (
         ("train", dataset.train_images, dataset.train_labels),
         ("test", dataset.test_images, dataset.test_labels),
@@ -205,3 +207,34 @@ def _check(dataset: MNIST) -> None:
             raise DataError(f"The {split} split has images {images.shape} and labels {labels.shape}; expected [N, 28, 28] and [N].")
         if len(labels) and (labels.min() < 0 or labels.max() > 9):
             raise DataError(f"The {split} split has labels outside 0..9.")
+
+
+def check_sizes(dataset: MNIST, allow_small: bool = False) -> None:
+    """Each split must have MNIST's size (a short or swapped dataset must never train silently);
+    allow_small accepts fewer images, but never an empty split."""
+    for split, count, expected in (("train", len(dataset.train_labels), TRAIN_SIZE),
+                                   ("test", len(dataset.test_labels), TEST_SIZE)):
+        if count == 0:
+            raise DataError(f"The {split} split has no images.")
+        if count != expected and not (allow_small and count < expected):
+            hint = " (--allow-small-data accepts a smaller one)" if count < expected else ""
+            raise DataError(f"The {split} split has {count:,} images, not MNIST's {expected:,}{hint}.")
+
+
+class Source(NamedTuple):
+    """Which data a run trained on: where it came from, and a fingerprint of the arrays themselves."""
+
+    name: str  # e.g. "IDX files in /data/mnist" or "TFDS mnist in ~/tensorflow_datasets"
+    fingerprint: str  # sha256 of the four arrays, 16 hex digits: the same images in the same order
+
+
+def describe(dataset: MNIST, data_dir: str | None, idx_dir: str | None) -> Source:
+    """The Source record of a loaded dataset (hashing 55 MB takes about 0.1 s)."""
+    if idx_dir is not None:
+        name = f"IDX files in {Path(idx_dir).absolute()}"
+    else:
+        name = f"TFDS mnist in {data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'}"
+    digest = hashlib.sha256()
+    for array in dataset:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return Source(name, digest.hexdigest()[:16])

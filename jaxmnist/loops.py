@@ -85,12 +85,27 @@ _STATIC = ("options", "batch_sharding")
 _jitted_step = jax.jit(_step_body, static_argnames=_STATIC, donate_argnames=("state", "totals"))
 
 
+def one_program_at_a_time(batch_sharding) -> bool:
+    """Whether programs must run one at a time: on XLA:CPU with several (simulated) devices.
+
+    XLA:CPU runs every device's share of a program on a thread pool sized by the cores. With
+    several programs in flight, devices waiting in one step's all-reduce can hold the threads that
+    another device needs to reach it, and XLA aborts after 40 s (seen with 4 devices on 1 core, and
+    on the 2-core AMD EPYC). Waiting for each program before dispatching the next avoids it, at no
+    cost on one device, where it is never done.
+    """
+    devices = () if batch_sharding is None else batch_sharding.device_set
+    return len(devices) > 1 and next(iter(devices)).platform == "cpu"
+
+
 def run_steps_python(state, totals, data, order, start: int, stop: int, augment_key, options: StepOptions, batch_sharding=None):
     """Steps start..stop-1 of the epoch, one jitted call each; returns the last step's loss."""
-    loss = None
+    loss, lockstep = None, one_program_at_a_time(batch_sharding)
     for index in range(start, stop):
         state, totals, loss = _jitted_step(state, totals, data, order, index, augment_key,
                                            options=options, batch_sharding=batch_sharding)
+        if lockstep:
+            jax.block_until_ready(loss)
     return state, totals, loss
 
 
@@ -111,8 +126,15 @@ def make_runner(loop: str, platform: str, options: StepOptions, batch_sharding=N
     Python loop on CPU and the compiled loop elsewhere."""
     if loop == "auto":
         loop = "python" if platform == "cpu" else "device"
-    runner = run_steps_python if loop == "python" else run_steps_device
-    return functools.partial(runner, options=options, batch_sharding=batch_sharding)
+    if loop == "python":
+        return functools.partial(run_steps_python, options=options, batch_sharding=batch_sharding)
+    if not one_program_at_a_time(batch_sharding):
+        return functools.partial(run_steps_device, options=options, batch_sharding=batch_sharding)
+
+    def run_steps_device_in_lockstep(*args):
+        return jax.block_until_ready(run_steps_device(*args, options=options, batch_sharding=batch_sharding))
+
+    return run_steps_device_in_lockstep
 
 
 def stack_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batch:
@@ -137,9 +159,11 @@ def _eval_batch(params, batches: Batch, index, batch_sharding=None) -> tuple[Eva
 def evaluate(params, batches: Batch, batch_sharding=None, with_probabilities: bool = True):
     """Forward pass over every batch: summed totals, and (unless not wanted) the probabilities
     [N, 10] of the real images."""
-    totals, probabilities = None, []
+    totals, probabilities, lockstep = None, [], one_program_at_a_time(batch_sharding)
     for index in range(batches.images.shape[0]):
         batch_totals, batch_probabilities = _eval_batch(params, batches, index, batch_sharding=batch_sharding)
+        if lockstep:
+            jax.block_until_ready(batch_totals)
         totals = batch_totals if totals is None else jax.tree.map(jnp.add, totals, batch_totals)
         probabilities.append(batch_probabilities)
     if not with_probabilities:

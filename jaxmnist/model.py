@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmnist.ops import fusible_max_pool_2x2, max_pool_2x2, shifted_conv
+from jaxmnist.ops import layer_ops
 
 
 def torch_uniform(fan_in: int) -> nn.initializers.Initializer:
@@ -26,14 +26,15 @@ class CNN(nn.Module):
 
     num_classes: int = 10
     dropout: float = 0.0  # after the second pooling layer, training only; adds no parameters
+    platform: str | None = None  # whose fast formulation of the layers to use; None: JAX's default backend
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:  # x: [B, 28, 28, 1], normalized
-        # Same maths in both layers; the pooling form that XLA:CPU runs fastest after each conv.
-        for name, features, pool in (("conv1", 16, fusible_max_pool_2x2), ("conv2", 32, max_pool_2x2)):
+        ops = layer_ops(self.platform or jax.default_backend())  # same values on every backend
+        for name, features, pool in (("conv1", 16, ops.pool_after_conv1), ("conv2", 32, ops.pool_after_conv2)):
             fan_in = x.shape[-1] * 5 * 5
             x = nn.Conv(
-                features, (5, 5), padding=2, name=name, conv_general_dilated=shifted_conv,
+                features, (5, 5), padding=2, name=name, conv_general_dilated=ops.conv_general_dilated,
                 kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in),
             )(x)
             x = pool(nn.relu(x))  # [B, 14, 14, 16], then [B, 7, 7, 32]

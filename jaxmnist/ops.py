@@ -7,10 +7,17 @@ Both exist because of measurements on the 2-core build machine (batch 64, jax 0.
 - shifted_conv: XLA:CPU's convolution with one input channel runs at a fifth of its usual
   speed (2.1 ms forward for conv1); 25 shifted multiply-adds take 0.45 ms. The backward pass
   is lax's own convolution gradient, which is efficient for this shape.
+Both keep forward-mode differentiation (jax.jvp) working: their custom rules are custom_jvp.
+
+Other backends compile the textbook ops well (cuDNN's convolutions, reduce_window pooling), so
+layer_ops picks the formulation by backend, in this one place.
 """
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -45,7 +52,7 @@ def _lax_conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _shifted_conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     # x: [B, H, W, 1], kernel: [KH, KW, 1, O] -> [B, H, W, O]; 'SAME' zero padding, stride 1.
     kernel_h, kernel_w = kernel.shape[:2]
@@ -58,16 +65,12 @@ def _shifted_conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     )
 
 
-def _shifted_conv_forward(x, kernel):
-    return _shifted_conv_same(x, kernel), (x, kernel)
-
-
-def _shifted_conv_backward(residuals, output_grad):
-    _, vjp = jax.vjp(_lax_conv_same, *residuals)
-    return vjp(output_grad)  # XLA drops the input gradient when nothing uses it
-
-
-_shifted_conv_same.defvjp(_shifted_conv_forward, _shifted_conv_backward)
+@_shifted_conv_same.defjvp
+def _shifted_conv_jvp(primals, tangents):
+    # A convolution is bilinear, so its tangent is linear in (dx, dkernel): jax.jvp works through
+    # it, and JAX transposes it into lax's own convolution gradients for the backward pass.
+    (x, kernel), (dx, dkernel) = primals, tangents
+    return _shifted_conv_same(x, kernel), _lax_conv_same(dx, kernel) + _lax_conv_same(x, dkernel)
 
 
 def shifted_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -86,3 +89,23 @@ def shifted_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision)
     return _shifted_conv_same(lhs, rhs)
+
+
+class LayerOps(NamedTuple):
+    """The formulation of the CNN's layers: values equal, speed differs by backend."""
+
+    conv_general_dilated: Callable  # for flax's nn.Conv(conv_general_dilated=...)
+    pool_after_conv1: Callable  # 2x2 max pooling, stride 2, [B, H, W, C] -> [B, H/2, W/2, C]
+    pool_after_conv2: Callable
+
+
+def textbook_max_pool_2x2(x: jax.Array) -> jax.Array:
+    """flax's nn.max_pool with a 2x2 window and stride 2."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def layer_ops(platform: str) -> LayerOps:
+    """The CPU's fast forms on the CPU; the textbook ops elsewhere (scripts/gpu_check.sh measures both)."""
+    if platform == "cpu":
+        return LayerOps(shifted_conv, fusible_max_pool_2x2, max_pool_2x2)
+    return LayerOps(lax.conv_general_dilated, textbook_max_pool_2x2, textbook_max_pool_2x2)

@@ -14,15 +14,21 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID), every process runs the same program over the
 from __future__ import annotations
 
 import os
+from typing import Callable, TypeVar
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxmnist.errors import UserError
+
+T = TypeVar("T")
 
 DATA_AXIS = "data"
 
 
-class MeshError(Exception):
+class MeshError(UserError):
     """The requested devices cannot run this configuration; the message is one sentence."""
 
 
@@ -43,9 +49,22 @@ def initialize_distributed() -> None:
         )
 
 
+def all_devices() -> list[jax.Device]:
+    """jax.devices(), with a backend that cannot start (JAX_PLATFORMS=cuda without a GPU, say)
+    turned into one sentence."""
+    try:
+        return jax.devices()
+    except (RuntimeError, AssertionError) as error:
+        platforms = os.environ.get("JAX_PLATFORMS")
+        asked = f"JAX_PLATFORMS={platforms}" if platforms else "the default backend"
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise MeshError(f"JAX cannot start {asked} on this machine ({reason}); unset JAX_PLATFORMS or install "
+                        "jax for that device.") from None
+
+
 def make_mesh(devices: str) -> Mesh:
     """A 'data' mesh over all devices of every process, or the first N of them."""
-    available = jax.devices()
+    available = all_devices()
     count = len(available) if devices == "all" else int(devices)
     if count > len(available):
         raise MeshError(f"--devices {devices} asks for more devices than the {len(available)} there are.")
@@ -91,6 +110,37 @@ def replicate(tree, mesh: Mesh):
 def is_main_process() -> bool:
     """Logging, metrics and config files are written by process 0 only."""
     return jax.process_index() == 0
+
+
+def main_process_first(name: str, action: Callable[[], T]) -> T:
+    """Run action on process 0 first and on the others after it, so that what it writes to a shared
+    disk (a TFDS download, a removal) happens once, and the others find it done."""
+    if jax.process_count() == 1:
+        return action()
+    if is_main_process():
+        result = action()
+        multihost_utils.sync_global_devices(name)
+        return result
+    multihost_utils.sync_global_devices(name)
+    return action()
+
+
+def on_main_process(name: str, action: Callable[[], T]) -> T | None:
+    """Run action on process 0 alone; every process waits until it is done."""
+    result = action() if is_main_process() else None
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+    return result
+
+
+def agree(stop_signal: int, save_due: bool) -> tuple[int, bool]:
+    """One decision for every process: stop if any process was asked to (the signal it got), and
+    save when process 0's clock says so. An Orbax save is collective, so processes that decided
+    alone would wait for each other forever."""
+    if jax.process_count() == 1:
+        return stop_signal, save_due
+    votes = multihost_utils.process_allgather(np.array([stop_signal, int(save_due)], np.int32))  # [processes, 2]
+    return int(votes[:, 0].max()), bool(votes[0, 1])
 
 
 def describe(mesh: Mesh) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,14 +11,20 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from jaxmnist.config import Config
+from jaxmnist.errors import UserError
+from jaxmnist.workdir import RUN_MARKER
 
 log = logging.getLogger("jaxmnist")
 
 
-def quiet_orbax() -> None:
-    """Orbax reports routine decisions as absl warnings; a user needs only our own lines."""
+def quiet_libraries() -> None:
+    """Orbax and JAX report routine decisions as absl warnings (a metadata file not found, a
+    checkpoint kept); a user needs only our own lines, and the libraries' real errors."""
     logging.getLogger("absl").setLevel(logging.ERROR)
+    with contextlib.suppress(ImportError):
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 class _ConsoleHandler(logging.StreamHandler):
@@ -33,20 +40,31 @@ class _ConsoleHandler(logging.StreamHandler):
 
 
 def setup_console() -> None:
-    """Plain lines on stdout, as the lab printed them (called by the command-line mains only)."""
-    handler = _ConsoleHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.handlers = [handler]  # idempotent: a second main() in one process must not print twice
+    """Plain lines as the lab printed them: results on stdout, warnings and errors on stderr (the
+    Unix convention, so `> log.txt` keeps the results and still shows what went wrong)."""
+    results = _ConsoleHandler(sys.stdout)
+    results.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = _ConsoleHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    for handler in (results, problems):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers = [results, problems]  # idempotent: a second main() in one process must not print twice
     log.setLevel(logging.INFO)
     log.propagate = False
-    quiet_orbax()
+    quiet_libraries()
 
 
-def write_config(workdir: Path, config: Config, device: str) -> None:
-    """config.json: every knob plus the library versions and the device, for reproducing the run."""
+def write_config(workdir: Path, identity: dict[str, Any], device: str) -> None:
+    """config.json: the run's marker, every setting, its data, the library versions and the device.
+
+    identity is what each checkpoint holds too ({"config", "data", "devices"}), so a lost
+    config.json costs nothing. Written atomically: a kill never leaves half a file.
+    """
     versions = {name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")}
-    record = {"config": config.to_dict(), "versions": versions, "device": device}
-    (workdir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    record = RUN_MARKER | identity | {"versions": versions, "device": device}
+    partial = workdir / "config.json.partial"
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(workdir / "config.json")
 
 
 def _version(package: str) -> str | None:
@@ -65,10 +83,9 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records past step: a resumed run replays them, and must not write them twice."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        if self.enabled and self.path.exists():
+            kept = [record for record in self.records() if record["step"] <= step]
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -77,11 +94,24 @@ class MetricsLog:
             file.write(json.dumps(record) + "\n")
 
     def records(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """Every record (of one kind), oldest first."""
+        """Every record (of one kind), oldest first. A torn last line (a kill in mid-write) is
+        dropped with a one-line notice; damage anywhere else is an error."""
         if not self.path.exists():
             return []
-        records = [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        lines = self.path.read_text().splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if number < len(lines):
+                    raise MetricsError(f"{self.path} is damaged at line {number}; fix or delete that line.") from None
+                log.warning("%s ends in a torn line (a run killed while writing it); it is ignored.", self.path)
         return [r for r in records if kind is None or r["kind"] == kind]
+
+
+class MetricsError(UserError):
+    """metrics.jsonl cannot be read; the message is one sentence."""
 
 
 def train_line(epoch: int, index: int, batch_size: int, num_images: int, num_steps: int, loss: float) -> str:

@@ -55,8 +55,11 @@ class EvalTotals(NamedTuple):
 
 
 def derive_keys(seed: int) -> Keys:
-    """Split the seed into named streams, so adding a stream later never shifts the others."""
-    root = jax.random.key(seed)
+    """Split the seed (0 to 2**64-1) into named streams, so adding a stream later never shifts the
+    others. jax.random.key takes 32 bits here; the high 32 are folded in, so no two seeds collide."""
+    root = jax.random.key(seed & 0xFFFFFFFF)
+    if seed >> 32:
+        root = jax.random.fold_in(root, seed >> 32)
     return Keys(*(jax.random.fold_in(root, i) for i in range(len(Keys._fields))))
 
 

@@ -1,50 +1,141 @@
-"""The run directory: create it safely, and decide whether a run found in it may be continued."""
+"""The run's folder is the user's: what may be written there, by whom, and what --restart removes.
+
+A folder is a jaxmnist run when its config.json carries RUN_MARKER (or, from before the marker,
+when it holds checkpoints with a config inside). Nothing here imports JAX, so these checks run
+before any expensive work, and before anything is written.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from jaxmnist.config import Config
+from jaxmnist.errors import UserError
 
-# Settings that change where or how a run is observed, never what it computes (devices: only
-# the order in which floats are summed): a resumed run may change them freely. More --epochs is
-# safe too with the step decay, which ignores the total (check_resumable makes cosine the exception).
-_FREE_TO_CHANGE = {"epochs", "workdir", "data_dir", "idx_dir", "log_every", "eval_batch_size", "loop",
-                   "checkpoint_seconds", "restart", "cache_dir", "devices", "recipe"}
+RUN_MARKER = {"written_by": "jaxmnist"}
+LOCK_FILE = ".jaxmnist.lock"
+# Everything a run and its tools write, and so everything --restart may remove; nothing else.
+RUN_OUTPUTS = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "eval", "plots", "config.json")
+
+_DEFAULTS = Config().recipe_dict()  # what a run recorded before a setting existed meant
 
 
-_DEFAULTS = Config().to_dict()  # what a run recorded before a knob existed meant
-
-
-class WorkdirError(Exception):
+class WorkdirError(UserError):
     """The workdir cannot be used; the message is one sentence for the user."""
 
 
-def prepare_workdir(workdir: str, restart: bool = False) -> Path:
-    """The absolute, writable workdir; with restart, the previous run's outputs are removed first."""
+def check_workdir(workdir: str) -> Path:
+    """The absolute workdir, if it is one this run may write into: missing, empty, or a jaxmnist run.
+
+    Writes nothing: it is called before the data is loaded, so a refused run changes no file.
+    """
     path = Path(workdir).absolute()
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"--workdir {workdir} is a file, not a directory.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise WorkdirError(f"--workdir {workdir} cannot be created ({error.strerror}).") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise WorkdirError(f"--workdir {workdir} is not writable.")
-    if restart:
-        shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        (path / "metrics.jsonl").unlink(missing_ok=True)
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise WorkdirError(f"--workdir {workdir} is not writable.")
+        if not is_run(path) and any(p.name != LOCK_FILE for p in path.iterdir()):
+            raise WorkdirError(f"--workdir {workdir} holds files that are not a jaxmnist run; give an empty or new folder.")
+        return path
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise WorkdirError(f"--workdir {workdir} cannot be created ({parent} is not a writable folder).")
     return path
 
 
+def is_run(path: Path) -> bool:
+    """Whether a folder was written by jaxmnist: its config.json says so, or (a config.json lost or
+    from before the marker) its checkpoints hold a run's meta item."""
+    try:
+        record = json.loads((path / "config.json").read_text())
+        if isinstance(record, dict) and (record.get("written_by") == RUN_MARKER["written_by"] or "versions" in record):
+            return True
+    except (OSError, ValueError):
+        pass
+    checkpoints = path / "checkpoints"
+    return checkpoints.is_dir() and any((step / "meta").is_dir() for step in checkpoints.iterdir() if step.name.isdigit())
+
+
+def create(path: Path) -> bool:
+    """Make the workdir; True when this call created it (so a failed run can take it away again)."""
+    try:
+        path.mkdir(parents=True)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as error:
+        raise WorkdirError(f"--workdir {path} cannot be created ({error.strerror}).") from None
+
+
+def remove_if_unused(path: Path) -> None:
+    """Undo create() for a run that failed before writing anything: only an empty folder goes."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in path.iterdir()] in ([], [LOCK_FILE]):
+            (path / LOCK_FILE).unlink(missing_ok=True)
+            path.rmdir()
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold the workdir's lock for a whole run: a second writer is refused at once, in one sentence.
+
+    The operating system's own lock (flock): it dies with the process that held it, so a killed run
+    never blocks the next. The file keeps who holds it, for the message.
+    """
+    lock_path = path / LOCK_FILE
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        if error.errno in (errno.EAGAIN, errno.EACCES):
+            raise WorkdirError(f"--workdir {path} is in use by another jaxmnist run ({holder}); wait for it to "
+                               "finish, or use another --workdir.") from None
+        raise WorkdirError(f"--workdir {path} cannot be locked ({error.strerror}).") from None
+    try:
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock; the file stays, harmless and reused
+
+
+def discard_previous_run(path: Path) -> list[str]:
+    """--restart: remove what an earlier run and its tools wrote (RUN_OUTPUTS), nothing else."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 def check_resumable(saved: dict[str, Any], config: Config) -> None:
-    """Refuse to continue a run whose recorded config computes something different."""
-    current = config.to_dict()
-    free = _FREE_TO_CHANGE - ({"epochs"} if config.schedule == "cosine" else set())  # cosine spans the whole run
-    differing = [name for name in current if name not in free and saved.get(name, _DEFAULTS[name]) != current[name]]
+    """Refuse to continue a run whose recorded recipe differs: it would compute other numbers.
+
+    More --epochs may continue a step schedule (its decay ignores the total), not a cosine one.
+    """
+    current = config.recipe_dict()
+    differing = [name for name in current if saved.get(name, _DEFAULTS[name]) != current[name]
+                 and not (name == "epochs" and config.schedule == "step")]
     if differing:
         settings = ", ".join(f"--{n.replace('_', '-')} {saved.get(n, _DEFAULTS[n])} -> {current[n]}" for n in differing)
         raise WorkdirError(

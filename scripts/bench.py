@@ -31,8 +31,8 @@ from jaxmnist import data
 from jaxmnist.config import Config
 from jaxmnist.loops import evaluate, stack_batches
 from jaxmnist import parallel
-from jaxmnist.reporting import quiet_orbax
-from jaxmnist.train import train_and_evaluate
+from jaxmnist.reporting import quiet_libraries
+from jaxmnist.run import train_and_evaluate
 
 TORCH_SCRIPT = ROOT.parent / "shared" / "reference" / "seed_torch.py"
 
@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.torch_python and not args.idx_dir:
         parser.error("--torch-python needs --idx-dir: the PyTorch script reads the IDX files.")
-    quiet_orbax()
+    quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         config = Config(epochs=args.epochs, loop=args.loop, workdir=str(workdir / "in-process"))

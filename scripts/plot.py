@@ -27,7 +27,7 @@ from jaxmnist.checkpoint import CheckpointError, Checkpoints  # noqa: E402
 from jaxmnist.config import Config  # noqa: E402
 from jaxmnist.evaluate import evaluate_checkpoint, load_run_data  # noqa: E402
 from jaxmnist.loops import epoch_order  # noqa: E402
-from jaxmnist.reporting import MetricsLog, quiet_orbax  # noqa: E402
+from jaxmnist.reporting import MetricsLog, quiet_libraries  # noqa: E402
 from jaxmnist.steps import derive_keys  # noqa: E402
 
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="TFDS data directory (default: the run's own data source)")
     parser.add_argument("--idx-dir", help="MNIST IDX files (default: the run's own data source)")
     args = parser.parse_args(argv)
-    quiet_orbax()
+    quiet_libraries()
     workdirs = [Path(w) for w in args.workdir]
     for workdir in workdirs:
         if not (workdir / "metrics.jsonl").is_file():

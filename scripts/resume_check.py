@@ -21,7 +21,7 @@ import numpy as np
 
 from child_runs import ROOT, run_or_exit, train_command  # scripts/, on sys.path when run as a script
 from jaxmnist.checkpoint import Checkpoints
-from jaxmnist.reporting import quiet_orbax
+from jaxmnist.reporting import quiet_libraries
 TIMINGS = ("train_seconds", "epoch_seconds", "images_per_second")
 
 
@@ -41,7 +41,7 @@ def main() -> None:
                         help="seconds after each (re)start at which it is killed")
     parser.add_argument("--checkpoint-seconds", type=float, default=5.0)
     args = parser.parse_args()
-    quiet_orbax()
+    quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         def command(workdir):
             return train_command("--idx-dir", args.idx_dir, "--epochs", str(args.epochs),

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxmnist import evaluate, train
+from jaxmnist import evaluate, run
 from jaxmnist.config import Config
 
 
@@ -15,7 +15,7 @@ def trained_run(tmp_path_factory):
 
     dataset = make_mnist(200, 30)
     workdir = tmp_path_factory.mktemp("run")
-    records = train.train_and_evaluate(Config(workdir=str(workdir), epochs=3, eval_batch_size=16), dataset)
+    records = run.train_and_evaluate(Config(workdir=str(workdir), epochs=3, eval_batch_size=16, allow_small_data=True), dataset)
     return workdir, dataset, records
 
 
@@ -55,8 +55,9 @@ def test_load_model_maps_uint8_and_normalized_images_to_probabilities(trained_ru
 
 def _one_line_failure(argv, capsys):
     assert evaluate.main(argv) == 1
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and out == ""  # errors go to stderr, nothing to stdout
     return lines[0]
 
 
@@ -83,9 +84,7 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     import jax.numpy as jnp
     from jaxmnist.checkpoint import Checkpoints
 
-    checkpoints = Checkpoints(tmp_path / "checkpoints")
     state = type("State", (), {"params": {"fc": {"kernel": jnp.zeros((3, 3))}}, "opt_state": {"count": jnp.int32(0)}})()
-    checkpoints.save(1, state, {"step": jnp.int32(1)}, {"epoch": 1, "step": 1, "config": {}}, None)
-    checkpoints.wait()
-    checkpoints.close()
+    with Checkpoints(tmp_path / "checkpoints") as checkpoints:
+        checkpoints.save(1, state, {"step": jnp.int32(1)}, {"epoch": 1, "step": 1, "config": {}}, None)
     assert "parameters of another model" in _one_line_failure(["--workdir", str(tmp_path), "--step", "latest"], capsys)

@@ -67,3 +67,20 @@ def test_both_pooling_forms_agree_in_value_and_gradient():
     weights = jax.random.normal(jax.random.key(7), (2, 14, 14, 16))
     grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)  # noqa: E731
     np.testing.assert_array_equal(grad(fusible_max_pool_2x2), grad(max_pool_2x2))
+
+
+def test_the_cpu_and_the_textbook_formulations_agree_and_both_support_forward_mode():
+    # CNN(platform=...) picks the layers' formulation; "cuda" gets the textbook ops, which run here too.
+    params = _params()
+    x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
+    tangent = jax.tree.map(jnp.ones_like, params)
+    results = {}
+    for platform in ("cpu", "cuda"):
+        apply = lambda p, platform=platform: CNN(platform=platform).apply({"params": p}, x)  # noqa: E731
+        results[platform] = jax.jvp(apply, (params,), (tangent,))  # would raise under a custom_vjp
+    (cpu_out, cpu_tangent), (textbook_out, textbook_tangent) = results["cpu"], results["cuda"]
+    np.testing.assert_allclose(cpu_out, textbook_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cpu_tangent, textbook_tangent, rtol=1e-4, atol=1e-4)
+    grads = [jax.grad(lambda p, pl=pl: CNN(platform=pl).apply({"params": p}, x).sum())(params) for pl in ("cpu", "cuda")]
+    for a, b in zip(*map(jax.tree.leaves, grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

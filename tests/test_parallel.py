@@ -26,7 +26,7 @@ def idx_dir(tmp_path_factory):
 
 def _train(idx_dir, workdir, *extra, env=None):
     command = [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir),
-               "--batch-size", "16", "--log-every", "4", "--eval-batch-size", "16",
+               "--batch-size", "16", "--log-every", "4", "--eval-batch-size", "16", "--allow-small-data",
                "--cache-dir", "/tmp/jaxmnist-test-cache", *extra]
     return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -54,7 +54,9 @@ def test_four_devices_compute_what_one_device_computes(idx_dir, tmp_path):
             assert four[key] == pytest.approx(one[key], rel=1e-5)
     params = [restore_params(tmp_path / w, "26")[0] for w in ("four", "one")]  # a 4-device checkpoint, read on 1
     for a, b in zip(*map(jax.tree.leaves, params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        # Two epochs of Adam amplify a different order of float sums differently on each CPU type:
+        # up to 1.04e-5 on the AMD EPYC (AVX2), less on the Xeon (AVX-512). 1e-4 holds on both.
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_each_device_gets_its_share_of_the_batch():
@@ -74,12 +76,17 @@ print(len(batch.images.addressable_shards), batch.images.sharding.shard_shape(ba
     assert result.stdout.split() == ["4", "(16,", "28,", "28)"]
 
 
-def test_a_four_device_checkpoint_resumes_and_evaluates_on_one_device(idx_dir, tmp_path):
+def test_a_four_device_checkpoint_evaluates_on_one_device_but_resumes_on_four_only(idx_dir, tmp_path):
     _finish(_train(idx_dir, tmp_path / "run", "--epochs", "1", env=FOUR_DEVICES))
-    out = _finish(_train(idx_dir, tmp_path / "run", "--epochs", "2"))  # this process has one device
-    assert "Using device: cpu (1 x cpu)" in out and "Resuming from epoch 2, step 13" in out
-    report = evaluate_checkpoint(tmp_path / "run", "latest", idx_dir=str(idx_dir))
+    report = evaluate_checkpoint(tmp_path / "run", "latest", idx_dir=str(idx_dir))  # this process has one device
     assert report["correct"] == _epochs(tmp_path / "run")[-1]["correct"]
+    refused = _train(idx_dir, tmp_path / "run", "--epochs", "2")  # one device: other sums, other numbers
+    out, err = refused.communicate(timeout=300)
+    assert refused.returncode == 1 and err.strip().splitlines() == [
+        f"{tmp_path / 'run'} was trained on 4 device(s), and this run has 1: the sums would change; resume with "
+        "--devices 4, or --restart."]
+    out = _finish(_train(idx_dir, tmp_path / "run", "--epochs", "2", env=FOUR_DEVICES))
+    assert "Resuming from epoch 2, step 13" in out
 
 
 def test_two_processes_train_one_epoch_and_write_once(idx_dir, tmp_path):
@@ -96,12 +103,12 @@ def test_two_processes_train_one_epoch_and_write_once(idx_dir, tmp_path):
     assert "Train Epoch" not in second and "Test Accuracy" not in second  # only process 0 talks
     assert Checkpoints(tmp_path / "run" / "checkpoints", read_only=True).steps() == [13]
     assert len(_epochs(tmp_path / "run")) == 1 and sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "checkpoints", "config.json", "metrics.jsonl"]
+        ".jaxmnist.lock", "checkpoints", "config.json", "metrics.jsonl"]
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused(idx_dir, tmp_path):
     process = _train(idx_dir, tmp_path / "run", "--batch-size", "30", env=FOUR_DEVICES)
-    out, _ = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 1
-    assert out.strip().splitlines()[-1] == (
+    assert err.strip().splitlines()[-1] == (
         "--batch-size 30 does not split evenly across 4 devices; choose a multiple of 4 or fewer --devices.")

@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jaxmnist import train
+from jaxmnist import run
 from jaxmnist.config import Config
 from conftest import make_mnist, write_idx
 
@@ -20,7 +20,7 @@ def _plot(*args):
 def test_plot_writes_every_figure_from_a_tiny_run(tmp_path):
     idx_dir = write_idx(tmp_path / "idx", make_mnist(200, 30))
     workdir = tmp_path / "run"
-    train.train_and_evaluate(Config(workdir=str(workdir), idx_dir=str(idx_dir), epochs=2, eval_batch_size=16))
+    run.train_and_evaluate(Config(workdir=str(workdir), idx_dir=str(idx_dir), epochs=2, eval_batch_size=16, allow_small_data=True))
     result = _plot("--workdir", str(workdir))
     assert result.returncode == 0, result.stderr
     for name in ("curves", "samples", "confusion", "errors"):

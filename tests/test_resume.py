@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import jax
@@ -29,10 +30,11 @@ CACHE_DIR = Path("/tmp/jaxmnist-test-cache")
 
 
 def _command(idx_dir, workdir, *extra):
-    # 13 steps an epoch; a checkpoint at every log point, so a kill can land anywhere.
+    # 13 steps an epoch, logged after batches 0, 5 and 10; a checkpoint at every log point, so a
+    # kill can land anywhere, and an epoch's last two steps run after its last log line.
     return [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir),
-            "--epochs", "3", "--batch-size", "16", "--log-every", "2", "--eval-batch-size", "16",
-            "--checkpoint-seconds", "0.001", "--cache-dir", str(CACHE_DIR), *extra]
+            "--epochs", "3", "--batch-size", "16", "--log-every", "5", "--eval-batch-size", "16",
+            "--checkpoint-seconds", "0.001", "--allow-small-data", "--cache-dir", str(CACHE_DIR), *extra]
 
 
 def _run(command):
@@ -44,12 +46,19 @@ def _start(command):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def _wait_for_lines(process, count, prefix="Train Epoch"):
-    seen = 0
-    for line in process.stdout:
-        seen += line.startswith(prefix)
-        if seen >= count:
-            return
+def _wait_for_lines(process, count, prefix="Train Epoch", timeout=120):
+    """Read the child's output until count lines start with prefix; a child that hangs is killed
+    after timeout seconds, which ends its output and fails the test instead of hanging it."""
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    try:
+        seen = 0
+        for line in process.stdout:
+            seen += line.startswith(prefix)
+            if seen >= count:
+                return line
+    finally:
+        watchdog.cancel()
     raise AssertionError("the run ended before the expected line")
 
 
@@ -112,7 +121,7 @@ def test_a_save_cut_short_by_a_kill_is_ignored(idx_dir, tmp_path, uninterrupted)
 def test_a_damaged_latest_checkpoint_is_reported_and_an_older_one_used(idx_dir, tmp_path, uninterrupted):
     workdir = tmp_path / "run"
     process = _start(_command(idx_dir, workdir))
-    _wait_for_lines(process, 12)  # into epoch 2: a best (end of epoch 1) and a newer latest exist
+    _wait_for_lines(process, 6)  # into epoch 2: a best (end of epoch 1) and a newer latest exist
     process.kill()
     process.wait()
     checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
@@ -123,24 +132,33 @@ def test_a_damaged_latest_checkpoint_is_reported_and_an_older_one_used(idx_dir, 
             path.write_bytes(b"garbage")
     result = _run(_command(idx_dir, workdir))
     assert result.returncode == 0, result.stderr
-    assert f"Checkpoint step {steps[-1]} in {workdir / 'checkpoints'} is damaged" in result.stdout
+    assert f"Checkpoint step {steps[-1]} in {workdir / 'checkpoints'} is damaged" in result.stderr
     assert f"Resuming from epoch 2, step {steps[0]}" in result.stdout
     assert (workdir / "damaged-checkpoints" / str(steps[-1])).is_dir()  # set aside, not deleted
     _assert_same(workdir, uninterrupted)
 
 
-def test_ctrl_c_saves_and_says_how_to_resume(idx_dir, tmp_path, uninterrupted):
+@pytest.mark.parametrize("signum, moment, prefix, count", [
+    (signal.SIGTERM, "mid-epoch", "Train Epoch", 4),
+    (signal.SIGINT, "in the last steps of epoch 1, after its last log line", "Train Epoch: 1 [160/200", 1),
+    (signal.SIGINT, "as epoch 1 is evaluated and saved", "Test Accuracy", 1),
+    (signal.SIGINT, "in the last steps of the last epoch", "Train Epoch: 3 [160/200", 1),
+])
+def test_a_stop_at_any_moment_saves_and_resumes_exactly(idx_dir, tmp_path, uninterrupted, signum, moment, prefix, count):
     workdir = tmp_path / "run"
     process = _start(_command(idx_dir, workdir))
-    _wait_for_lines(process, 4)
-    process.send_signal(signal.SIGINT)
-    out, _ = process.communicate(timeout=120)
-    assert process.returncode == 130
-    assert out.strip().splitlines()[-1].startswith("Interrupted at epoch")
-    assert "run the same command again to resume" in out
+    _wait_for_lines(process, count, prefix)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    if process.returncode == 0:  # only where the run's end came before the next step boundary
+        assert moment == "in the last steps of the last epoch" and "Test Accuracy" in out, err
+    else:
+        assert process.returncode == 128 + signum, err
+        assert err.strip().splitlines()[-1].startswith("Stopped at epoch"), err
+        assert "run the same command again to resume" in err
     result = _run(_command(idx_dir, workdir))
     assert result.returncode == 0, result.stderr
-    _assert_same(workdir, uninterrupted)
+    _assert_same(workdir, uninterrupted)  # every epoch evaluated and logged exactly once
 
 
 def test_the_improved_recipe_resumes_exactly_too(idx_dir, tmp_path):
@@ -149,7 +167,7 @@ def test_the_improved_recipe_resumes_exactly_too(idx_dir, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert _run(_command(idx_dir, straight, *recipe)).returncode == 0
     process = _start(_command(idx_dir, killed, *recipe))
-    _wait_for_lines(process, 9)  # mid-epoch 2
+    _wait_for_lines(process, 5)  # mid-epoch 2
     process.kill()
     process.wait()
     result = _run(_command(idx_dir, killed, *recipe))
@@ -162,7 +180,7 @@ def test_a_different_configuration_is_refused_and_restart_starts_over(idx_dir, t
     assert _run(_command(idx_dir, workdir, "--epochs", "1")).returncode == 0
     refused = _run(_command(idx_dir, workdir, "--epochs", "1", "--rotation", "5", "--seed", "3"))
     assert refused.returncode == 1
-    assert refused.stdout.strip().splitlines()[-1] == (
+    assert refused.stderr.strip().splitlines()[-1] == (
         f"{workdir} holds a run with different settings (--rotation 10.0 -> 5.0, --seed 0 -> 3); "
         "use another --workdir, or --restart to discard that run."
     )
@@ -187,12 +205,13 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(idx_dir, 
     state, progress, meta = checkpoints.restore(best, template, progress)
     poisoned = state.replace(step=best + 1, params=jax.tree.map(lambda p: p * np.nan, state.params))
     checkpoints.save(best + 1, poisoned, {**progress, "step": best + 1}, {**meta, "step": best + 1}, None)
-    checkpoints.wait()
-    checkpoints.close()
+    checkpoints.__exit__(None, None, None)  # on disk before the run starts
 
     diverged = _run(_command(idx_dir, workdir))
     assert diverged.returncode == 1
-    assert diverged.stdout.strip().splitlines()[-1].startswith("The training loss became nan at epoch 2, step 16;")
+    assert diverged.stderr.strip().splitlines()[-1] == (
+        f"The training loss became nan at epoch 2, step 19; stopped. The best checkpoint (step {best}, "
+        f"{meta['test_accuracy']:.2f}%) is kept.")
     kept = Checkpoints(workdir / "checkpoints", read_only=True)
     assert kept.best_step() == best
     params, meta = kept.restore_params(best)

@@ -4,14 +4,14 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmnist import train
+from jaxmnist import run, train
 from jaxmnist.checkpoint import Checkpoints
 from jaxmnist.config import Config
 
 
 def _run(tmp_path, dataset, **overrides):
-    config = Config(workdir=str(tmp_path / "run"), batch_size=64, log_every=2, eval_batch_size=16, **overrides)
-    return config, train.train_and_evaluate(config, dataset)
+    config = Config(workdir=str(tmp_path / "run"), batch_size=64, log_every=2, eval_batch_size=16, allow_small_data=True, **overrides)
+    return config, run.train_and_evaluate(config, dataset)
 
 
 def test_one_epoch_writes_config_metrics_and_a_restorable_checkpoint(tmp_path, tiny_mnist, caplog):
@@ -65,7 +65,7 @@ def test_a_second_run_continues_where_the_first_stopped(tmp_path, tiny_mnist, ca
 
 def test_a_different_configuration_is_refused(tmp_path, tiny_mnist):
     _run(tmp_path, tiny_mnist, epochs=1)
-    with pytest.raises(train.WorkdirError, match="--lr 0.001 -> 0.002"):
+    with pytest.raises(run.WorkdirError, match="--lr 0.001 -> 0.002"):
         _run(tmp_path, tiny_mnist, epochs=1, lr=2e-3)
 
 
@@ -89,8 +89,10 @@ def test_bad_flags_are_refused_before_any_work(flags, message, capsys):
 
 def test_missing_data_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
     assert train.main(["--idx-dir", str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "run")]) == 1
-    out = capsys.readouterr().out.strip().splitlines()
-    assert out == [f"--idx-dir {tmp_path / 'nowhere'} is not a directory; it should hold the four MNIST IDX files."]
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines() == [
+        f"--idx-dir {tmp_path / 'nowhere'} is not a directory; it should hold the four MNIST IDX files."]
+    assert not (tmp_path / "run").exists()  # a failed command creates nothing
 
 
 @pytest.mark.parametrize("case", ["workdir is a file", "data dir missing", "idx file truncated"])
@@ -110,5 +112,7 @@ def test_bad_paths_are_one_line_and_a_non_zero_exit(case, tmp_path, capsys):
         path = idx_dir / "t10k-labels-idx1-ubyte"
         path.write_bytes(path.read_bytes()[:-3])
     assert train.main(argv) == 1
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0]
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and expected in lines[0]
+    assert not (tmp_path / "run").exists()  # a failed command creates nothing
