@@ -26,6 +26,11 @@ class CheckpointError(UserError):
     """A checkpoint is missing, damaged or does not fit; the message is one sentence."""
 
 
+class SaveFailed(CheckpointError):
+    """A save could not be written (unwritable folder, full disk). Orbax's background threads then
+    wait forever for the commit that never comes, so the process must end without joining them."""
+
+
 def _rank(metrics: dict[str, Any]) -> tuple[float, int]:
     # Higher accuracy wins; on a tie the earlier epoch stays best, as the lab's "acc > best".
     return metrics["test_accuracy"], -metrics["step"]
@@ -96,11 +101,18 @@ class Checkpoints:
             progress=ocp.args.StandardSave(progress),
             meta=ocp.args.JsonSave(meta),
         )
+        self.check()
         try:
             self._manager.save(step, args=args, metrics=metrics, force=True)
-            self._manager.check_for_errors()  # a failure of the previous asynchronous save surfaces here
         except Exception as error:  # noqa: BLE001 - unwritable, disk full, ...: all mean the same here
-            raise self._save_failed(step, error) from None
+            raise self._save_failed(error) from None
+
+    def check(self) -> None:
+        """Raise SaveFailed if the last asynchronous save has failed; cheap, so the loop asks often."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as error:  # noqa: BLE001
+            raise self._save_failed(error) from None
 
     def param_shapes(self, step: int) -> Any:
         """The saved parameters' shapes, from the checkpoint's metadata, without reading them."""
@@ -137,9 +149,10 @@ class Checkpoints:
         except Exception as error:  # noqa: BLE001 - Orbax raises many types for damaged files; all mean the same here
             raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged or does not fit ({_reason(error)}).") from None
 
-    def _save_failed(self, step: int, error: Exception) -> CheckpointError:
-        return CheckpointError(f"Saving checkpoint step {step} in {self.directory} failed ({_reason(error)}); the "
-                               "checkpoints saved before it are intact.")
+    def _save_failed(self, error: Exception) -> SaveFailed:
+        # Which save failed is in the reason (Orbax reports the previous one's failure in the next).
+        return SaveFailed(f"Saving a checkpoint in {self.directory} failed ({_reason(error)}); the checkpoints "
+                          "saved before it are intact.")
 
     def __enter__(self) -> "Checkpoints":
         return self
@@ -151,7 +164,7 @@ class Checkpoints:
             self._manager.wait_until_finished()
         except Exception as error:  # noqa: BLE001
             if exc_info[1] is None:
-                raise self._save_failed(self.latest_step() or 0, error) from None
+                raise self._save_failed(error) from None
         finally:
             with contextlib.suppress(Exception):
                 self._manager.close()

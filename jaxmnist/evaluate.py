@@ -19,6 +19,7 @@ from jaxmnist import data
 from jaxmnist.augment import normalize
 from jaxmnist.checkpoint import CheckpointError, Checkpoints
 from jaxmnist.config import OneLineParser
+from jaxmnist.errors import UserError
 from jaxmnist.loops import evaluate, stack_batches
 from jaxmnist.model import CNN
 from jaxmnist.reporting import log, setup_console
@@ -35,7 +36,7 @@ def resolve_step(checkpoints: Checkpoints, step: str) -> int:
         return best
     if step == "latest":
         return checkpoints.latest_step()
-    if not step.isdigit() or int(step) not in checkpoints.steps():
+    if not (step.isascii() and step.isdigit()) or int(step) not in checkpoints.steps():
         raise CheckpointError(f"There is no checkpoint for --step {step} in {checkpoints.directory}; it has best, latest or {checkpoints.steps()}.")
     return int(step)
 
@@ -55,8 +56,34 @@ def restore_params(workdir: str | Path, step: str = "best") -> tuple[Any, dict[s
     # Onto this process's first device, whatever mesh the checkpoint was written from.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), expected)
-    params, meta = checkpoints.restore_params(number, target)
+    try:
+        params, meta = checkpoints.restore_params(number, target)
+    except CheckpointError:
+        checkpoints.reload()
+        if number in checkpoints.steps():
+            raise
+        # Not damaged: a run training in this workdir replaced it while it was read.
+        if step in ("best", "latest"):
+            return restore_params(workdir, step)
+        raise CheckpointError(f"Checkpoint step {number} in {workdir} was removed by the run training there "
+                              "while it was read; use --step best or latest.") from None
     return params, meta, number
+
+
+def read_run(workdir: str | Path) -> dict[str, Any]:
+    """What a run recorded about itself ({"config", "data", ...}): its config.json, or, when that
+    is lost or damaged, the newest checkpoint's copy of the same record."""
+    workdir = Path(workdir)
+    try:
+        record = json.loads((workdir / "config.json").read_text())
+        if isinstance(record, dict) and isinstance(record.get("config"), dict):
+            return record
+    except (OSError, ValueError):
+        pass
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    if not checkpoints.steps():
+        raise CheckpointError(f"{workdir} has neither a readable config.json nor checkpoints: is it a jaxmnist run?")
+    return checkpoints.meta(checkpoints.latest_step())
 
 
 def load_model(workdir: str | Path, step: str = "best") -> Callable[[np.ndarray], np.ndarray]:
@@ -91,32 +118,46 @@ def error_analysis(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, A
     }
 
 
-def load_run_data(run_config: dict[str, Any], data_dir: str | None = None, idx_dir: str | None = None) -> data.MNIST:
-    """MNIST from the given flags or, when neither is given, from the source the run trained on."""
+def load_run_data(run_config: dict[str, Any], data_dir: str | None = None,
+                  idx_dir: str | None = None) -> tuple[data.MNIST, data.Source]:
+    """MNIST from the given flags or, when neither is given, from the source the run trained on;
+    with the Source record that says which it is."""
     if data_dir is None and idx_dir is None:
         data_dir, idx_dir = run_config.get("data_dir"), run_config.get("idx_dir")
-    return data.load(data_dir, idx_dir, run_config.get("cache_dir", ""))
+    dataset = data.load(data_dir, idx_dir, run_config.get("cache_dir", ""))
+    return dataset, data.describe(dataset, data_dir, idx_dir)
 
 
 def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.MNIST | None = None,
                         data_dir: str | None = None, idx_dir: str | None = None) -> dict[str, Any]:
-    """Evaluate one checkpoint on every test image; writes and returns <workdir>/eval/<step>.json."""
+    """Evaluate one checkpoint on every test image: the report that write_report saves. dataset
+    (with data_dir or idx_dir naming it) replaces the run's own data."""
     params, meta, number = restore_params(workdir, step)
     if dataset is None:
-        dataset = load_run_data(meta["config"], data_dir, idx_dir)
+        dataset, source = load_run_data(meta["config"], data_dir, idx_dir)
+    else:
+        source = data.describe(dataset, data_dir, idx_dir)
     batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, meta["config"].get("eval_batch_size", 500)))
     totals, probabilities = evaluate(params, batches)
     count = int(totals.count)
-    report = {
+    return {
         "step": number, "epoch": meta["epoch"], "correct": int(totals.correct), "test_images": count,
         "test_accuracy": 100.0 * int(totals.correct) / count, "test_loss": float(totals.loss_sum) / count,
         "logged_correct": meta.get("correct"),
+        "data": source._asdict(),  # the images that "index" below refers to
         **error_analysis(dataset.test_labels, np.asarray(probabilities)),
     }
+
+
+def write_report(workdir: str | Path, report: dict[str, Any]) -> Path:
+    """<workdir>/eval/<step>.json, written atomically; OSError when the workdir is read-only."""
     out = Path(workdir) / "eval"
     out.mkdir(exist_ok=True)
-    (out / f"{number}.json").write_text(json.dumps(report, indent=1) + "\n")
-    return report
+    path = out / f"{report['step']}.json"
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(report, indent=1) + "\n")
+    partial.replace(path)
+    return path
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -147,11 +188,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_console()
     try:
         report = evaluate_checkpoint(args.workdir, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
-    except (data.DataError, CheckpointError) as error:
+    except UserError as error:
         log.error("%s", error)
         return 1
+    except KeyboardInterrupt:
+        log.error("Stopped; nothing was written.")
+        return 130
     print_report(report)
-    log.info("\nWritten to %s", Path(args.workdir) / "eval" / f"{report['step']}.json")
+    try:
+        log.info("\nWritten to %s", write_report(args.workdir, report))
+    except OSError as error:  # a read-only workdir: the report above is still whole
+        log.warning("\nThe report was not saved: %s/eval cannot be written (%s).", args.workdir, error.strerror)
     return 0
 
 

@@ -19,12 +19,13 @@ log = logging.getLogger("jaxmnist")
 
 def quiet_libraries() -> None:
     """Orbax and JAX report routine decisions as absl warnings (a metadata file not found, a
-    checkpoint kept); a user needs only our own lines, and the libraries' real errors."""
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    checkpoint kept), and a failed save as tracebacks from its threads; every failure that matters
+    reaches the user as an exception, turned into our own one sentence."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
     with contextlib.suppress(ImportError):
         from absl import logging as absl_logging
 
-        absl_logging.set_verbosity(absl_logging.ERROR)
+        absl_logging.set_verbosity(absl_logging.FATAL)
 
 
 class _ConsoleHandler(logging.StreamHandler):

@@ -152,6 +152,7 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
                     log.info("Best model saved with accuracy: %.2f%%", best_accuracy)
             if step >= total_steps:
                 break
+            checkpoints.check()  # a failed save ends the run now, not at its end
             stop_signal, save_due = parallel.agree(stop_request.signal, time.perf_counter() - last_save > config.checkpoint_seconds)
             if (stop_signal or save_due) and saved_step != step:
                 save()

@@ -7,6 +7,7 @@ mistyped flag answer at once instead of after JAX has loaded.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Sequence
@@ -36,11 +37,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_and_evaluate(config)
     except KeyboardInterrupt as interrupt:  # before training started: nothing to save
         log.error("Stopped before training started; run the same command to start again.")
-        return exit_code(signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+        # An import cut short (JAX's, TensorFlow's) can crash the interpreter's own clean-up.
+        _exit_at_once(exit_code(signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT))
     except UserError as error:
         log.error("%s", error)
+        if type(error).__name__ == "SaveFailed":  # Orbax's threads would keep the process alive
+            _exit_at_once(error.exit_code)
         return error.exit_code
     return 0
+
+
+def _exit_at_once(code: int) -> None:
+    """End the process now, without the interpreter's clean-up, once the console is flushed.
+    Only for failures where nothing is left to save."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

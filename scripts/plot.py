@@ -10,6 +10,7 @@ jaxmnist.evaluate when it is missing). The only module that imports matplotlib; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -23,9 +24,10 @@ import numpy as np  # noqa: E402
 
 from jaxmnist import data  # noqa: E402
 from jaxmnist.augment import random_transform  # noqa: E402
-from jaxmnist.checkpoint import CheckpointError, Checkpoints  # noqa: E402
+from jaxmnist.checkpoint import Checkpoints  # noqa: E402
 from jaxmnist.config import Config  # noqa: E402
-from jaxmnist.evaluate import evaluate_checkpoint, load_run_data  # noqa: E402
+from jaxmnist.errors import UserError  # noqa: E402
+from jaxmnist.evaluate import evaluate_checkpoint, load_run_data, read_run, write_report  # noqa: E402
 from jaxmnist.loops import epoch_order  # noqa: E402
 from jaxmnist.reporting import MetricsLog, quiet_libraries  # noqa: E402
 from jaxmnist.steps import derive_keys  # noqa: E402
@@ -90,8 +92,10 @@ def plot_confusion(report: dict, out: Path) -> None:
     for t in range(10):
         for p in range(10):
             if matrix[t, p]:
-                ax.text(p, t, matrix[t, p], ha="center", va="center", fontsize=8,
-                        color="black" if t != p else "tab:green", weight="bold" if t == p else None)
+                dark = errors[t, p] > 0.55 * errors.max()  # white on the darkest reds, to stay readable
+                colour = "tab:green" if t == p else "white" if dark else "black"
+                ax.text(p, t, matrix[t, p], ha="center", va="center", fontsize=8, color=colour,
+                        weight="bold" if t == p or dark else None)
     ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
            title=f"Confusion matrix, step {report['step']}: {report['correct']}/{report['test_images']} correct\n"
                  "(colour: mistakes only; green: correct counts)")
@@ -127,31 +131,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idx-dir", help="MNIST IDX files (default: the run's own data source)")
     args = parser.parse_args(argv)
     quiet_libraries()
+    try:
+        out = draw(args)
+    except UserError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"Wrote curves.png, samples.png, confusion.png and errors.png to {out}")
+    return 0
+
+
+def draw(args: argparse.Namespace) -> Path:
+    """Every figure, into --out; each failure is one UserError sentence."""
     workdirs = [Path(w) for w in args.workdir]
     for workdir in workdirs:
         if not (workdir / "metrics.jsonl").is_file():
-            print(f"{workdir} has no metrics.jsonl: is it a jaxmnist workdir?", file=sys.stderr)
-            return 1
+            raise UserError(f"{workdir} has no metrics.jsonl: is it a jaxmnist workdir?")
     out = Path(args.out) if args.out else workdirs[0] / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out} cannot be used as a folder ({error.strerror}).") from None
     plot_curves(workdirs, out)
 
-    # The per-image figures describe the first run's best checkpoint.
+    # The per-image figures describe the first run's best checkpoint, on the data it trained on.
     workdir = workdirs[0]
-    config = Config(**{**json.loads((workdir / "config.json").read_text())["config"], "restart": False})
-    try:
-        dataset = load_run_data(config.to_dict(), args.data_dir, args.idx_dir)
-        best = Checkpoints(workdir / "checkpoints", read_only=True).best_step()
-        eval_path = workdir / "eval" / f"{best}.json"
-        report = json.loads(eval_path.read_text()) if eval_path.is_file() else evaluate_checkpoint(workdir, "best", dataset)
-    except (data.DataError, CheckpointError) as error:
-        print(error, file=sys.stderr)
-        return 1
+    recorded = read_run(workdir)["config"]
+    config = Config(**{k: v for k, v in recorded.items() if k in Config.__dataclass_fields__} | {"restart": False})
+    dataset, source = load_run_data(config.to_dict(), args.data_dir, args.idx_dir)
+    best = Checkpoints(workdir / "checkpoints", read_only=True).best_step()
+    report = _saved_report(workdir / "eval" / f"{best}.json", source)
+    if report is None:  # missing, or computed on other images: its indices would title the wrong ones
+        report = evaluate_checkpoint(workdir, "best", dataset, args.data_dir or config.data_dir, args.idx_dir or config.idx_dir)
+        with contextlib.suppress(OSError):  # a read-only workdir only costs recomputing next time
+            write_report(workdir, report)
     plot_samples(config, dataset, out)
     plot_confusion(report, out)
     plot_errors(report, dataset, out)
-    print(f"Wrote curves.png, samples.png, confusion.png and errors.png to {out}")
-    return 0
+    return out
+
+
+def _saved_report(path: Path, source) -> dict | None:
+    """The evaluation saved at path, if it is readable and indexes this very data."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if report.get("data", {}).get("fingerprint") == source.fingerprint else None
 
 
 if __name__ == "__main__":

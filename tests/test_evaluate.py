@@ -30,7 +30,7 @@ def test_best_checkpoint_reproduces_the_logged_correct_count(trained_run):
 def test_report_fields_add_up(trained_run):
     workdir, dataset, _ = trained_run
     report = evaluate.evaluate_checkpoint(workdir, "latest", dataset=dataset)
-    saved = json.loads((workdir / "eval" / f"{report['step']}.json").read_text())
+    saved = json.loads(evaluate.write_report(workdir, report).read_text())
     assert saved == json.loads(json.dumps(report))
     assert sum(row["total"] for row in saved["per_class"].values()) == 30
     assert sum(row["correct"] for row in saved["per_class"].values()) == saved["correct"]

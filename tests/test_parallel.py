@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import jax
@@ -28,7 +30,8 @@ def _train(idx_dir, workdir, *extra, env=None):
     command = [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir),
                "--batch-size", "16", "--log-every", "4", "--eval-batch-size", "16", "--allow-small-data",
                "--cache-dir", "/tmp/jaxmnist-test-cache", *extra]
-    return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})},
+    # JAX_PLATFORMS=cpu: these tests simulate devices and processes on the CPU, GPU or not.
+    return subprocess.Popen(command, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -89,15 +92,20 @@ def test_a_four_device_checkpoint_evaluates_on_one_device_but_resumes_on_four_on
     assert "Resuming from epoch 2, step 13" in out
 
 
-def test_two_processes_train_one_epoch_and_write_once(idx_dir, tmp_path):
+def _two_processes(idx_dir, workdir, *extra):
+    """Two processes of one run, joined by jax.distributed on localhost, one CPU device each."""
     with socket.socket() as probe:  # a free port for the coordinator
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    processes = [
-        _train(idx_dir, tmp_path / "run", "--epochs", "1", env={
+    return [
+        _train(idx_dir, workdir, *extra, env={
             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
         for i in range(2)
     ]
+
+
+def test_two_processes_train_one_epoch_and_write_once(idx_dir, tmp_path):
+    processes = _two_processes(idx_dir, tmp_path / "run", "--epochs", "1")
     first, second = (_finish(p) for p in processes)
     assert "Using device: cpu (2 x cpu)" in first and "Test Accuracy" in first
     assert "Train Epoch" not in second and "Test Accuracy" not in second  # only process 0 talks
@@ -112,3 +120,41 @@ def test_a_batch_that_does_not_split_evenly_is_refused(idx_dir, tmp_path):
     assert process.returncode == 1
     assert err.strip().splitlines()[-1] == (
         "--batch-size 30 does not split evenly across 4 devices; choose a multiple of 4 or fewer --devices.")
+
+
+def _results(workdir):
+    """Epoch records without wall-clock fields, and the final parameters."""
+    records = [{k: v for k, v in r.items() if not k.endswith("seconds") and k != "images_per_second"}
+               for r in _epochs(workdir)]
+    return records, restore_params(workdir, "latest")[0]
+
+
+@pytest.mark.parametrize("targets", [(1,), (0, 1)], ids=["to one process", "to both"])
+def test_sigterm_stops_every_process_with_one_save_and_the_restart_resumes_exactly(idx_dir, tmp_path, targets):
+    flags = ("--epochs", "2", "--checkpoint-seconds", "3600")  # only the stop and epoch ends save
+    for process in _two_processes(idx_dir, tmp_path / "straight", *flags):
+        _finish(process)
+    processes = _two_processes(idx_dir, tmp_path / "run", *flags)
+    watchdog = threading.Timer(300, lambda: [p.kill() for p in processes])  # a hang fails, never blocks
+    watchdog.start()
+    try:
+        lines = iter(processes[0].stdout)
+        while not next(lines).startswith("Train Epoch: 2 [0/"):  # mid-run: epoch 1 is saved, epoch 2 is not
+            pass
+        for i in targets:
+            processes[i].send_signal(signal.SIGTERM)
+        outcomes = [p.communicate(timeout=300) for p in processes]
+    finally:
+        watchdog.cancel()
+    for process, (_, err) in zip(processes, outcomes):
+        assert process.returncode == 143, err[-3000:]
+    assert outcomes[0][1].strip().splitlines()[-1].startswith("Stopped at epoch 2, step ")
+    stopped_at = int(outcomes[0][1].split("step ")[1].split(";")[0])
+    assert 13 < stopped_at < 26
+    assert Checkpoints(tmp_path / "run" / "checkpoints", read_only=True).steps() == [13, stopped_at]  # saved once
+    first, _ = (_finish(p) for p in _two_processes(idx_dir, tmp_path / "run", *flags))  # process 1 is quiet
+    assert f"Resuming from epoch 2, step {stopped_at}" in first
+    (records, params), (expected_records, expected_params) = _results(tmp_path / "run"), _results(tmp_path / "straight")
+    assert records == expected_records
+    for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(expected_params)):
+        np.testing.assert_array_equal(got, expected)
