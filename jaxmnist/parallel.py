@@ -32,8 +32,9 @@ class MeshError(UserError):
     """The requested devices cannot run this configuration; the message is one sentence."""
 
 
-def initialize_distributed() -> None:
-    """Join a multi-process run when the environment describes one.
+def start_backend() -> None:
+    """Join a multi-process run when the environment describes one, then start JAX's backend, so
+    that a backend that cannot start is one sentence (MeshError) before any other work.
 
     JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID are
     passed to jax.distributed.initialize; on a cluster it detects (SLURM, ...) set only
@@ -47,6 +48,7 @@ def initialize_distributed() -> None:
             num_processes=num_processes,
             process_id=None if process_id is None else int(process_id),
         )
+    all_devices()
 
 
 def all_devices() -> list[jax.Device]:
@@ -57,8 +59,8 @@ def all_devices() -> list[jax.Device]:
     except (RuntimeError, AssertionError) as error:
         platforms = os.environ.get("JAX_PLATFORMS")
         asked = f"JAX_PLATFORMS={platforms}" if platforms else "the default backend"
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise MeshError(f"JAX cannot start {asked} on this machine ({reason}); unset JAX_PLATFORMS or install "
+        reason = f" ({str(error).splitlines()[0][:160]})" if str(error).strip() else ""
+        raise MeshError(f"JAX cannot start {asked} on this machine{reason}; unset JAX_PLATFORMS or install "
                         "jax for that device.") from None
 
 

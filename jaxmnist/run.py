@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,9 +42,16 @@ class Interrupted(TrainingStopped):
         self.exit_code = exit_code(signum)
 
 
+DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
+
+
 def configure_jax(config: Config) -> None:
-    """The process-wide JAX settings a run asks for, applied through JAX's own configuration before
-    anything is compiled: the compilation cache and the precision of convolutions and matmuls."""
+    """The process-wide JAX settings a run asks for, applied through JAX's own configuration:
+    determinism on GPUs, the compilation cache, and the precision of convolutions and matmuls.
+    Call it before anything touches a device: XLA reads its flags when the backend starts."""
+    if config.deterministic and DETERMINISTIC_GPU_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        # Deterministic reductions and convolution algorithms: the same seed, the same numbers.
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {DETERMINISTIC_GPU_FLAG}".strip()
     if config.cache_dir:  # '' leaves JAX's default: no persistent cache
         jax.config.update("jax_compilation_cache_dir", str(Path(config.cache_dir).expanduser() / "xla"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

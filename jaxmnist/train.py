@@ -17,8 +17,10 @@ from jaxmnist.errors import UserError
 from jaxmnist.reporting import log, setup_console
 from jaxmnist.stopping import Terminated, exit_code, terminate_like_ctrl_c
 
-DESCRIPTION = ("Train the MNIST lab's two-conv CNN (Adam, step decay, random rotation) in JAX; test it after every "
-               "epoch and keep the best checkpoint. Stopped or killed, the same command resumes it exactly.")
+DESCRIPTION = """\
+Train the MNIST lab's two-conv CNN (Adam, step decay, random rotation) in JAX,
+test it after every epoch and keep the best checkpoint. Stopped or killed, the
+same command resumes it exactly."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,10 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jaxmnist import parallel  # noqa: PLC0415 - JAX loads here, after the flags
         from jaxmnist.run import configure_jax, train_and_evaluate
 
-        parallel.initialize_distributed()
+        configure_jax(config)  # before any device is touched
+        parallel.start_backend()
         if not parallel.is_main_process():  # one console for the whole run: process 0's
             log.setLevel("ERROR")
-        configure_jax(config)
         train_and_evaluate(config)
     except KeyboardInterrupt as interrupt:  # before training started: nothing to save
         log.error("Stopped before training started; run the same command to start again.")

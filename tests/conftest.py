@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import pytest
+# On a GPU machine: this process must not take most of the GPU's memory before the training
+# processes that the tests start (JAX preallocates 75% by default).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from jaxmnist.data import _IDX_FILES, MNIST
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxmnist.data import _IDX_FILES, MNIST  # noqa: E402
+
+# The arithmetic of the default --precision float32, which training sets in run.configure_jax:
+# in-process tests compare with float32 references, and GPUs would otherwise use TF32.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

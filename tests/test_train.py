@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -116,3 +119,57 @@ def test_bad_paths_are_one_line_and_a_non_zero_exit(case, tmp_path, capsys):
     lines = err.strip().splitlines()
     assert out == "" and len(lines) == 1 and expected in lines[0]
     assert not (tmp_path / "run").exists()  # a failed command creates nothing
+
+
+def test_precision_and_determinism_are_set_through_jax_before_the_backend_starts():
+    script = """
+import os, jax
+from jaxmnist.config import Config
+from jaxmnist.run import configure_jax
+configure_jax(Config(cache_dir=""))
+print(jax.config.jax_default_matmul_precision, os.environ["XLA_FLAGS"])
+configure_jax(Config(cache_dir="", precision="tf32", deterministic=False))
+print(jax.config.jax_default_matmul_precision, jax.numpy.ones(2).sum())  # the flag does not upset the CPU
+"""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["highest --xla_gpu_deterministic_ops=true", "tensorfloat32 2.0"]
+
+
+def test_a_backend_that_cannot_start_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jaxmnist.train", "--workdir", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "no_such_backend"})
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("JAX cannot start JAX_PLATFORMS=no_such_backend on this machine")
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_answers_without_loading_jax():
+    script = "import sys; from jaxmnist import train\ntry: train.main(['--help'])\nexcept SystemExit: pass\nprint('jax' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().endswith("False")
+    for example in ("python -m jaxmnist.train", "python -m jaxmnist.evaluate", "python scripts/plot.py"):
+        assert example in result.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--recipe", "improved", "--epochs", "1"],
+     "--warmup-epochs must be at least 0 and less than --epochs (1), got 1.0. (--warmup-epochs 1.0 comes from "
+     "--recipe improved; give --warmup-epochs yourself to change it.)"),
+    (["--seed", str(2**64)], "--seed must be between 0 and 2**64-1"),
+    (["--seed", "-1"], "--seed must be between 0 and 2**64-1"),
+])
+def test_preset_conflicts_and_seeds_out_of_range_are_one_line(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_seeds_use_all_64_bits():
+    from jaxmnist.steps import derive_keys
+
+    keys = {int(s): tuple(np.asarray(jax.random.key_data(derive_keys(s).init))) for s in (0, 2**32, 2**63, 2**64 - 1)}
+    assert len(set(keys.values())) == 4  # 2**32 no longer trains as 0
