@@ -166,9 +166,10 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
                 save()
                 saved_step, last_save = step, time.perf_counter()
             if stop_signal:
+                where = f"the end of epoch {epoch - 1}" if index == 0 else f"batch {index} of {num_steps} in epoch {epoch}"
                 kept = "the state is saved" if step else "nothing was trained yet"
-                raise Interrupted(f"Stopped at epoch {epoch}, step {step}; {kept}: run the same command again to "
-                                  "resume.", stop_signal)
+                raise Interrupted(f"Stopped at step {step} ({where}); {kept}: run the same command again to resume.",
+                                  stop_signal)
             if order_epoch != epoch:
                 order = parallel.replicate(epoch_order(jax.random.fold_in(keys.shuffle, epoch), num_train, config.batch_size), mesh)
                 order_epoch = epoch

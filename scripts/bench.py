@@ -1,11 +1,13 @@
 """Benchmark jaxmnist's default recipe on real MNIST, optionally beside the lab's PyTorch script.
 
     python scripts/bench.py --idx-dir ../shared/data/mnist-idx --epochs 5 --out bench.json
+    python scripts/bench.py --idx-dir ../shared/data/mnist-idx --recipe improved --out improved.json
     python scripts/bench.py --idx-dir ../shared/data/mnist-idx --torch-python venv-torch/bin/python \
         --repeats 3 --out bench.json     # whole runs, start to exit, side by side
 
 Prints and writes as JSON: the device, compile seconds, median training seconds per epoch,
-images per second, evaluation seconds, test accuracy and peak memory. With --torch-python it
+images per second, evaluation seconds, test accuracy and peak memory. The in-process run uses
+the persistent compilation cache as training does (--cache-dir; '' for a cold start). With --torch-python it
 also times complete runs of `python -m jaxmnist.train` and of ../shared/reference/seed_torch.py,
 alternating, on the same data, and reports the ratios. A script, not a test: figures drift on
 shared machines, so compare only ratios taken in one run.
@@ -32,7 +34,8 @@ from jaxmnist.config import Config
 from jaxmnist.loops import evaluate, stack_batches
 from jaxmnist import parallel
 from jaxmnist.reporting import quiet_libraries
-from jaxmnist.run import train_and_evaluate
+from jaxmnist.config import parse_config
+from jaxmnist.run import configure_jax, train_and_evaluate
 
 TORCH_SCRIPT = ROOT.parent / "shared" / "reference" / "seed_torch.py"
 
@@ -58,8 +61,12 @@ def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
     memory = device.memory_stats() if hasattr(device, "memory_stats") else None
     return {
         "device": parallel.describe(parallel.make_mesh(config.devices)),
+        "jax": jax.__version__, "recipe": config.recipe, "precision": config.precision, "loop": config.loop,
+        "deterministic": config.deterministic,
+        "training_images": len(dataset.train_images),
         "epochs": len(records),
         "compile_seconds_estimate": round(train_seconds[0] - statistics.median(steady), 3),
+        "train_seconds_after_compile": round(sum(train_seconds) - (train_seconds[0] - statistics.median(steady)), 3),
         "median_train_seconds_per_epoch": round(statistics.median(steady), 3),
         "images_per_second": round(len(dataset.train_images) / statistics.median(steady), 1),
         "eval_seconds_median": round(statistics.median(eval_seconds), 4),
@@ -88,10 +95,10 @@ def compare_with_torch(args, workdir: Path) -> dict:
     for repeat in range(args.repeats):
         jax_workdir = workdir / f"jax-{repeat}"
         source = ["--data-dir", args.data_dir] if args.data_dir else ["--idx-dir", args.idx_dir]
-        jax_seconds, _ = _timed(train_command(*source, "--epochs", str(args.epochs), "--workdir", str(jax_workdir)),
+        jax_seconds, _ = _timed(train_command(*source, "--epochs", str(args.epochs or 5), "--workdir", str(jax_workdir)),
                                 "jaxmnist's whole run")
         torch_seconds, torch_out = _timed([args.torch_python, str(TORCH_SCRIPT), "--root", str(torch_root),
-                                           "--epochs", str(args.epochs), "--save", str(workdir / "seed_best.pt")],
+                                           "--epochs", str(args.epochs or 5), "--save", str(workdir / "seed_best.pt")],
                                           "the PyTorch script")
         jax_records = [json.loads(line) for line in (jax_workdir / "metrics.jsonl").read_text().splitlines()]
         torch_summary = json.loads(torch_out.strip().splitlines()[-1])
@@ -110,8 +117,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idx-dir", help="MNIST IDX files (the PyTorch script reads these)")
     parser.add_argument("--data-dir", help="TFDS data directory: jaxmnist reads this when given")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--recipe", default="lab", choices=("lab", "improved"), help="the preset to train")
+    parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--loop", default="auto", choices=("auto", "python", "device"))
+    parser.add_argument("--precision", default="float32", choices=("float32", "tf32"))
+    parser.add_argument("--deterministic", default=True, action=argparse.BooleanOptionalAction)
+    parser.add_argument("--cache-dir", default="~/.cache/jaxmnist", help="the compilation cache ('' = off)")
+    parser.add_argument("--limit", type=int, help="train on the first N training images only (a quick dry run)")
     parser.add_argument("--torch-python", help="a Python with torch + torchvision: also time the lab's script")
     parser.add_argument("--repeats", type=int, default=1, help="whole-run pairs with --torch-python")
     parser.add_argument("--out", default="bench.json")
@@ -121,11 +133,18 @@ def main() -> None:
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        config = Config(epochs=args.epochs, loop=args.loop, workdir=str(workdir / "in-process"))
+        flags = ["--recipe", args.recipe, "--loop", args.loop, "--precision", args.precision, "--cache-dir", args.cache_dir,
+                 "--deterministic" if args.deterministic else "--no-deterministic",
+                 "--workdir", str(workdir / "in-process"), *(["--epochs", str(args.epochs)] if args.epochs else []),
+                 *(["--allow-small-data"] if args.limit else [])]
+        config = parse_config(flags, prog="bench", description="")
+        configure_jax(config)
         try:
             dataset = data.load(args.data_dir) if args.data_dir else data.load(idx_dir=args.idx_dir)
         except data.DataError as error:
             sys.exit(str(error))
+        if args.limit:
+            dataset = dataset._replace(train_images=dataset.train_images[:args.limit], train_labels=dataset.train_labels[:args.limit])
         result = measure_in_process(config, dataset)
         print(json.dumps(result, indent=1), flush=True)
         if args.torch_python:

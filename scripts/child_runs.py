@@ -16,11 +16,11 @@ def train_command(*flags: str) -> list[str]:
 
 def run_or_exit(command: list[str], what: str, keep_output: Path | None = None) -> subprocess.CompletedProcess:
     """Run command from the repository root, quietly. If it fails, exit with its own reason in one
-    line: jaxmnist's commands give it as their last line (stderr for a bad flag, stdout otherwise)."""
+    line: jaxmnist's commands give it as the last line of stderr."""
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode == 0:
         return result
-    said = result.stderr if result.returncode == 2 or not result.stdout.strip() else result.stdout
+    said = result.stderr if result.stderr.strip() else result.stdout
     reason = (said.strip().splitlines() or [f"exit status {result.returncode}, no output"])[-1]
     if keep_output is not None:
         keep_output.parent.mkdir(parents=True, exist_ok=True)

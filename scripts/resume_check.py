@@ -1,16 +1,21 @@
-"""Kill a real training run with SIGKILL several times, resume it, and compare with a straight run.
+"""Stop a real training run several times, resume it, and compare with a straight run.
 
     python scripts/resume_check.py --idx-dir ../shared/data/mnist-idx --epochs 2 --kill-after 9 17 8
+    python scripts/resume_check.py --idx-dir ../shared/data/mnist-idx --epochs 1 \
+        --stop SIGINT "Train Epoch: 1 [57600/60000" 0.05      # Ctrl-C 50 ms after that line
 
 Runs `python -m jaxmnist.train` once uninterrupted, then once more in another workdir that is
-killed after each of the given numbers of seconds (restarting it each time) and finally run to the
-end. Prints both runs' epoch metrics and whether metrics and final parameters are bit-identical.
+stopped at each given moment (restarting it each time) and finally run to the end: killed with
+SIGKILL after a number of seconds (--kill-after), or sent a signal a delay after a line of its
+output (--stop). Prints both runs' epoch metrics and whether metrics and final parameters are
+bit-identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import tempfile
 import time
@@ -37,8 +42,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idx-dir", required=True)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--kill-after", type=float, nargs="+", default=[9, 17, 8],
-                        help="seconds after each (re)start at which it is killed")
+    parser.add_argument("--kill-after", type=float, nargs="+", default=[],
+                        help="seconds after each (re)start at which it is killed with SIGKILL")
+    parser.add_argument("--stop", nargs=3, action="append", default=[], metavar=("SIGNAL", "LINE", "DELAY"),
+                        help="send SIGNAL (SIGINT, SIGTERM, SIGKILL) DELAY seconds after the first output line that "
+                             "starts with LINE; repeatable")
     parser.add_argument("--checkpoint-seconds", type=float, default=5.0)
     args = parser.parse_args()
     quiet_libraries()
@@ -49,14 +57,24 @@ def main() -> None:
 
         straight, killed = Path(tmp) / "straight", Path(tmp) / "killed"
         run_or_exit(command(straight), "the uninterrupted run")
-        for seconds in args.kill_after:
-            process = subprocess.Popen(command(killed), cwd=ROOT, stdout=subprocess.PIPE, text=True)
-            time.sleep(seconds)
-            process.kill()
-            out = process.communicate()[0]
-            resumed = [line for line in out.splitlines() if line.startswith("Resuming")]
-            print(f"killed after {seconds} s ({resumed[0] if resumed else 'fresh start'}; "
-                  f"{sum(line.startswith('Train Epoch') for line in out.splitlines())} log lines)")
+        stops = [("SIGKILL", None, seconds) for seconds in args.kill_after]
+        stops += [(name, line, float(delay)) for name, line, delay in args.stop]
+        for name, line, delay in stops:
+            process = subprocess.Popen(command(killed), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            seen = []
+            if line is not None:  # read up to the line, then wait the delay
+                for output in process.stdout:
+                    seen.append(output)
+                    if output.startswith(line):
+                        break
+            time.sleep(delay)
+            process.send_signal(getattr(signal, name))
+            out, err = process.communicate()
+            lines = "".join(seen).splitlines() + out.splitlines()
+            resumed = [l for l in lines if l.startswith("Resuming")]
+            said = err.strip().splitlines()[-1] if err.strip() else f"exit status {process.returncode}"
+            where = f"{delay} s after '{line}'" if line else f"after {delay} s"
+            print(f"{name} {where}: {resumed[0] if resumed else 'fresh start'}; exit {process.returncode}: {said}")
         final = run_or_exit(command(killed), "the final resumed run")
         status = [line for line in final.stdout.splitlines() if line.startswith(("Resuming", "This run already"))]
         print("final run:", status[0] if status else "started afresh")

@@ -60,3 +60,19 @@ def write_idx(folder, dataset, compress=True):
 def tiny_mnist() -> MNIST:
     """200 training images (4 batches of 64, the last of 8) and 30 test images."""
     return make_mnist(200, 30)
+
+
+_REPORTED: list[str] = []
+
+
+@pytest.fixture
+def report():
+    """report(line): a figure a test measured, shown in pytest's summary (output is captured)."""
+    return _REPORTED.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORTED:
+        terminalreporter.section("figures measured by the tests")
+        for line in _REPORTED:
+            terminalreporter.line(line)

@@ -148,8 +148,9 @@ def test_sigterm_stops_every_process_with_one_save_and_the_restart_resumes_exact
         watchdog.cancel()
     for process, (_, err) in zip(processes, outcomes):
         assert process.returncode == 143, err[-3000:]
-    assert outcomes[0][1].strip().splitlines()[-1].startswith("Stopped at epoch 2, step ")
-    stopped_at = int(outcomes[0][1].split("step ")[1].split(";")[0])
+    last_line = outcomes[0][1].strip().splitlines()[-1]
+    assert last_line.startswith("Stopped at step ") and "in epoch 2);" in last_line
+    stopped_at = int(last_line.split()[3])
     assert 13 < stopped_at < 26
     assert Checkpoints(tmp_path / "run" / "checkpoints", read_only=True).steps() == [13, stopped_at]  # saved once
     first, _ = (_finish(p) for p in _two_processes(idx_dir, tmp_path / "run", *flags))  # process 1 is quiet

@@ -154,7 +154,7 @@ def test_a_stop_at_any_moment_saves_and_resumes_exactly(idx_dir, tmp_path, unint
         assert moment == "in the last steps of the last epoch" and "Test Accuracy" in out, err
     else:
         assert process.returncode == 128 + signum, err
-        assert err.strip().splitlines()[-1].startswith("Stopped at epoch"), err
+        assert err.strip().splitlines()[-1].startswith("Stopped at step "), err
         assert "run the same command again to resume" in err
     result = _run(_command(idx_dir, workdir))
     assert result.returncode == 0, result.stderr
