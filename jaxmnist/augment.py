@@ -10,10 +10,11 @@ MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
 
-def normalize(images: jax.Array) -> jax.Array:
-    """uint8 [B, 28, 28] -> float32 [B, 28, 28, 1], as ToTensor() then Normalize(0.1307, 0.3081)."""
-    pixels = images.astype(jnp.float32) / 255.0
-    return ((pixels - MNIST_MEAN) / MNIST_STD)[..., None]
+def normalize(images: jax.Array, white: float = 255.0) -> jax.Array:
+    """Pixels [B, 28, 28] (uint8, or floats where white is 1.0) -> float32 [B, 28, 28, 1], as
+    ToTensor() then Normalize(0.1307, 0.3081)."""
+    unit = images.astype(jnp.float32) / white
+    return ((unit - MNIST_MEAN) / MNIST_STD)[..., None]
 
 
 def transform(images: jax.Array, degrees: jax.Array, shifts: jax.Array) -> jax.Array:

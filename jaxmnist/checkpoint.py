@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxmnist.errors import UserError
+from jaxmnist.reporting import quiet_libraries
 
 
 class CheckpointError(UserError):
@@ -45,6 +46,7 @@ class Checkpoints:
 
     def __init__(self, directory: str | Path, read_only: bool = False):
         self.directory = Path(directory).absolute()  # Orbax refuses relative paths
+        quiet_libraries()  # Orbax's routine absl warnings ("read only", "metadata file does not exist")
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory} does not exist: this workdir has no checkpoints.")
         keep = policies.AnyPreservationPolicy([

@@ -86,15 +86,33 @@ def read_run(workdir: str | Path) -> dict[str, Any]:
     return checkpoints.meta(checkpoints.latest_step())
 
 
-def load_model(workdir: str | Path, step: str = "best") -> Callable[[np.ndarray], np.ndarray]:
-    """A trained model as a function: images [N, 28, 28] (uint8, or already normalized float
-    [N, 28, 28, 1]) -> class probabilities [N, 10]."""
+SCALES = ("pixels", "unit", "normalized")
+
+
+def load_model(workdir: str | Path, step: str = "best") -> Callable[..., np.ndarray]:
+    """A trained model as a function predict(images, scale=None) -> class probabilities [N, 10].
+
+    images are [N, 28, 28] (or [N, 28, 28, 1]), white digits on black as in MNIST. uint8 images are
+    pixels 0..255. Float images must say what they hold, because guessing gives wrong answers
+    silently: scale="pixels" (0..255), "unit" (0..1, the usual float form) or "normalized" (the
+    lab's (x/255 - 0.1307) / 0.3081).
+    """
     params, _, _ = restore_params(workdir, step)
     forward = jax.jit(lambda images: jax.nn.softmax(CNN().apply({"params": params}, images)))
 
-    def predict(images: np.ndarray) -> np.ndarray:
-        images = jnp.asarray(images)
-        return np.asarray(forward(normalize(images) if images.dtype == jnp.uint8 else images))
+    def predict(images: np.ndarray, scale: str | None = None) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = images[..., 0]
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise ValueError(f"predict takes images [N, 28, 28], got an array of shape {images.shape}.")
+        scale = scale or ("pixels" if images.dtype == np.uint8 else None)
+        if scale not in SCALES:
+            raise ValueError(f"Float images need scale= one of {', '.join(SCALES)} (got {scale!r}): say whether "
+                             "they hold 0..255, 0..1 or normalized values.")
+        if scale == "normalized":
+            return np.asarray(forward(jnp.asarray(images, jnp.float32)[..., None]))
+        return np.asarray(forward(normalize(jnp.asarray(images), white=1.0 if scale == "unit" else 255.0)))
 
     return predict
 

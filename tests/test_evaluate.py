@@ -50,7 +50,22 @@ def test_load_model_maps_uint8_and_normalized_images_to_probabilities(trained_ru
     probabilities = predict(dataset.test_images[:5])
     assert probabilities.shape == (5, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(predict(np.asarray(normalize(dataset.test_images[:5]))), probabilities, rtol=1e-6)
+    images = dataset.test_images[:5]
+    np.testing.assert_allclose(predict(np.asarray(normalize(images)), scale="normalized"), probabilities, rtol=1e-5)
+    np.testing.assert_allclose(predict(images / 255.0, scale="unit"), probabilities, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict(images.astype(np.float32), scale="pixels"), probabilities, rtol=1e-6)
+    with pytest.raises(ValueError, match="Float images need scale="):
+        predict(images / 255.0)  # never guessed
+
+
+def test_load_model_prints_nothing(trained_run):
+    import subprocess
+    import sys
+
+    workdir, _, _ = trained_run
+    script = f"from jaxmnist.evaluate import load_model; import numpy as np; load_model({str(workdir)!r})(np.zeros((1, 28, 28), np.uint8))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stderr
 
 
 def _one_line_failure(argv, capsys):

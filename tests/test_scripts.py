@@ -46,3 +46,17 @@ def test_a_failed_run_is_one_line_naming_the_trainers_reason(tmp_path):
     assert result.stderr == (f"lab recipe (5 epochs), seed 0 failed: --idx-dir {tmp_path / 'nope'} is not a directory; "
                              f"it should hold the four MNIST IDX files. (all it printed: {log})\n")
     assert "is not a directory" in log.read_text()
+
+
+def test_the_gpu_check_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
+    from conftest import make_mnist, write_idx
+
+    idx_dir = write_idx(tmp_path / "idx", make_mnist(600, 100))
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--cpu", "--idx-dir", str(idx_dir),
+                             "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {"lab", "lab-warm-cache", "lab-tf32", "lab-nondeterministic", "improved"} <= set(summary["runs"])
+    assert summary["runs"]["improved"]["recipe"] == "improved" and summary["runs"]["lab-tf32"]["precision"] == "tf32"
+    assert "4 skipped" in summary["pytest"] or "4 passed" in summary["pytest"]  # collected; skipped without a GPU
+    assert "targets:" in result.stdout
