@@ -22,7 +22,8 @@ def transform(images: jax.Array, degrees: jax.Array, shifts: jax.Array) -> jax.A
     [B, 2] (columns right, rows down), in one nearest-pixel resampling with black fill.
 
     With zero shifts this is torchvision's rotate(img, angle, NEAREST, fill=0), pixel for pixel
-    (measured.md): a positive angle turns the digit counter-clockwise as displayed.
+    (tests/test_augment.py holds torchvision's own output): a positive angle turns the digit
+    counter-clockwise as displayed.
     """
     batch, height, width = images.shape
     centre_y, centre_x = (height - 1) / 2, (width - 1) / 2

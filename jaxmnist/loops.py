@@ -3,7 +3,7 @@
 The whole dataset lives on the device; a batch is a gather of 64 indices, so the host sends one
 small integer per step and never touches pixels. Two drivers run the same step body:
 - python: a Python loop of one jitted step per batch. XLA:CPU runs while-loops about 25x slower
-  than this (measured.md), so this is the CPU's driver.
+  than this (BENCHMARKS.md), so this is the CPU's driver.
 - device: every step between two log points inside one compiled fori_loop, which removes the
   per-step host round trip that dominates on a GPU.
 """

@@ -2,7 +2,7 @@
 
 Both exist because of measurements on the 2-core build machine (batch 64, jax 0.10.2):
 - max_pool_2x2: nn.max_pool's gradient (select-and-scatter) is XLA:CPU's slowest op here;
-  reshape + max gives the same values with a cheap gradient (2.7x faster step, measured.md).
+  reshape + max gives the same values with a cheap gradient (a 2.7x faster step; BENCHMARKS.md).
   fusible_max_pool_2x2 computes the same values in a form that fuses with conv1.
 - shifted_conv: XLA:CPU's convolution with one input channel runs at a fifth of its usual
   speed (2.1 ms forward for conv1); 25 shifted multiply-adds take 0.45 ms. The backward pass
@@ -105,7 +105,10 @@ def textbook_max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 def layer_ops(platform: str) -> LayerOps:
-    """The CPU's fast forms on the CPU; the textbook ops elsewhere (scripts/gpu_check.sh measures both)."""
+    """The CPU's fast forms on the CPU; the textbook ops on any other platform, and for artifacts
+    exported to run on several ("portable")."""
     if platform == "cpu":
         return LayerOps(shifted_conv, fusible_max_pool_2x2, max_pool_2x2)
+    if platform == "portable":  # plain lax primitives only: what converters such as jax2onnx know
+        return LayerOps(lax.conv_general_dilated, max_pool_2x2, max_pool_2x2)
     return LayerOps(lax.conv_general_dilated, textbook_max_pool_2x2, textbook_max_pool_2x2)

@@ -1,0 +1,149 @@
+"""`python -m jaxmnist.export`: a trained model that runs without this package.
+
+    python -m jaxmnist.export --workdir runs/mnist --out exported [--step best] [--onnx]
+
+Writes the chosen checkpoint's forward pass, uint8 images [N, 28, 28] in (white digits on black,
+as MNIST's) and probabilities [N, 10] out, the normalization inside:
+    mnist.jaxexport  a serialized jax.export artifact for CPU and CUDA, any batch size
+                     (jax.export.deserialize(...).call(images) with jax alone)
+    mnist.onnx       with --onnx: the same function through jax2onnx (pip install 'jaxmnist[onnx]'),
+                     checked with onnxruntime against JAX's probabilities
+    export.json      which run and step they came from, and the versions that made them
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from jaxmnist.config import OneLineParser
+from jaxmnist.errors import UserError
+from jaxmnist.reporting import log, setup_console
+
+ARTIFACT = "mnist.jaxexport"
+ONNX_FILE = "mnist.onnx"
+PLATFORMS = ("cpu", "cuda")
+ONNX_TOLERANCE = 1e-5  # largest difference in a probability allowed between onnxruntime and JAX
+
+
+class ExportError(UserError):
+    """The model cannot be exported as asked; the message is one sentence."""
+
+
+def probabilities_function(params) -> Callable:
+    """uint8 images [N, 28, 28] -> probabilities [N, 10], with the parameters inside. The layers'
+    textbook formulation (not the CPU's fast one), so that one artifact lowers for every platform."""
+    import jax
+
+    from jaxmnist.augment import normalize
+    from jaxmnist.model import CNN
+
+    def probabilities(images):
+        return jax.nn.softmax(CNN(platform="portable").apply({"params": params}, normalize(images)))
+
+    return probabilities
+
+
+def export_model(workdir: str | Path, out: str | Path, step: str = "best", onnx: bool = False) -> dict[str, Any]:
+    """Write the artifacts of one checkpoint into out; returns what export.json records."""
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    from jaxmnist.evaluate import restore_params
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder.")
+    params, meta, number = restore_params(workdir, step)
+    forward = probabilities_function(params)
+    (batch,) = export.symbolic_shape("batch")
+    with jax.default_matmul_precision("highest"):  # the float32 arithmetic the model was trained in
+        exported = export.export(jax.jit(forward), platforms=PLATFORMS)(jax.ShapeDtypeStruct((batch, 28, 28), jnp.uint8))
+    record = {
+        "workdir": str(Path(workdir).absolute()), "step": number, "epoch": meta["epoch"],
+        "test_accuracy": meta.get("test_accuracy"), "data": meta.get("data"),
+        "input": "uint8 [N, 28, 28], white digits on black", "output": "float32 [N, 10] probabilities",
+        "jax_export": {"file": ARTIFACT, "platforms": list(PLATFORMS), "jax": jax.__version__,
+                       "calling_convention_version": exported.calling_convention_version},
+    }
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ARTIFACT).write_bytes(exported.serialize())
+        if onnx:
+            record["onnx"] = _export_onnx(forward, out / ONNX_FILE)
+        (out / "export.json").write_text(json.dumps(record, indent=1) + "\n")
+    except OSError as error:
+        raise ExportError(f"--out {out} cannot be written ({error.strerror}).") from None
+    return record
+
+
+def _export_onnx(forward: Callable, path: Path) -> dict[str, Any]:
+    """Convert with jax2onnx, then check onnxruntime against JAX on MNIST-like inputs."""
+    for noisy in ("jax2onnx", "onnx_ir"):  # warnings about plugins and metadata this model does not use
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        import jax2onnx
+        import onnxruntime
+    except ImportError:
+        raise ExportError("--onnx needs jax2onnx and onnxruntime: pip install 'jaxmnist[onnx]'.") from None
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    with jax.default_matmul_precision("highest"), contextlib.redirect_stdout(io.StringIO()):  # its debug prints
+        model = jax2onnx.to_onnx(forward, [jax.ShapeDtypeStruct(("N", 28, 28), jnp.uint8)], model_name="jaxmnist",
+                                 input_names=["images"], output_names=["probabilities"])
+        path.write_bytes(model.SerializeToString())
+        images = np.asarray(jax.random.randint(jax.random.key(0), (64, 28, 28), 0, 256), np.uint8)
+        expected = np.asarray(forward(images))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: images})[0]
+    difference = float(np.abs(got - expected).max())
+    if difference > ONNX_TOLERANCE:
+        raise ExportError(f"The ONNX model differs from JAX by {difference:.2e} in a probability (allowed: "
+                          f"{ONNX_TOLERANCE:g}); it was written to {path} but should not be trusted.")
+    return {"file": path.name, "jax2onnx": _version("jax2onnx"), "onnxruntime": onnxruntime.__version__,
+            "max_abs_difference_vs_jax": difference, "checked_on": "64 random uint8 images"}
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m jaxmnist.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
+    parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="the folder to write the artifacts into")
+    parser.add_argument("--onnx", action="store_true", help="also write mnist.onnx (needs jaxmnist[onnx])")
+    args = parser.parse_args(argv)
+    setup_console()
+    try:
+        record = export_model(args.workdir, args.out, args.step, args.onnx)
+    except UserError as error:
+        log.error("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        log.error("Stopped.")
+        return 130
+    written = [ARTIFACT] + ([ONNX_FILE] if "onnx" in record else []) + ["export.json"]
+    log.info("Exported step %d (epoch %d) of %s to %s: %s", record["step"], record["epoch"], args.workdir, args.out,
+             ", ".join(written))
+    if "onnx" in record:
+        log.info("onnxruntime agrees with JAX to %.1e.", record["onnx"]["max_abs_difference_vs_jax"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""`python -m jaxmnist.predict`: read the digit in each picture with a trained model.
+
+    python -m jaxmnist.predict --workdir runs/mnist my-digit.png photo.jpg
+    python -m jaxmnist.predict --workdir runs/mnist --json *.png
+
+Each picture (PNG, JPEG, BMP, ...; any size, colour or grey, dark ink on light paper or the
+reverse) is prepared as MNIST's digits were (jaxmnist.prepare), then classified. A picture that
+cannot be read is one line on stderr; the others are still predicted, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from jaxmnist.config import OneLineParser
+from jaxmnist.errors import UserError
+from jaxmnist.prepare import NotADigit, load_picture, prepare_digit
+from jaxmnist.reporting import log, setup_console
+
+
+def top_three(probabilities: np.ndarray) -> list[tuple[int, float]]:
+    """The three most likely digits and their probabilities, most likely first."""
+    order = np.argsort(-probabilities, kind="stable")[:3]
+    return [(int(d), float(probabilities[d])) for d in order]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m jaxmnist.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files of one digit each")
+    parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
+    parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per picture instead of a line")
+    args = parser.parse_args(argv)
+    setup_console()
+    try:
+        from jaxmnist.evaluate import load_model  # JAX loads here, after the flags
+
+        predict = load_model(args.workdir, args.step)
+    except UserError as error:
+        log.error("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        log.error("Stopped.")
+        return 130
+    failed = False
+    for path in args.images:
+        try:
+            digit = prepare_digit(load_picture(path))
+        except NotADigit as error:
+            log.error("%s %s.", path, error)
+            failed = True
+            continue
+        likely = top_three(predict(digit[None])[0])
+        if args.json:
+            print(json.dumps({"file": path, "digit": likely[0][0],
+                              "top3": [{"digit": d, "probability": round(p, 6)} for d, p in likely]}), flush=True)
+        else:
+            alternatives = ", ".join(f"{d}: {100 * p:.1f}%" for d, p in likely)
+            log.info("%s: %d  (%s)", path, likely[0][0], alternatives)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

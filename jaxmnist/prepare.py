@@ -1,0 +1,91 @@
+"""Any picture of a digit -> a 28x28 image made the way MNIST's own digits were made.
+
+MNIST's digits are white on black, their longer side scaled to 20 pixels with antialiasing, and
+placed on a 28x28 field so that their centre of mass is at its centre. prepare_digit does the
+same to a photo, a scan or a drawing, so that the model sees what it was trained on. Pillow
+decodes and resamples; nothing here imports JAX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from jaxmnist.errors import UserError
+
+FIELD = 28  # the output is FIELD x FIELD
+BOX = 20  # the digit's longer side, as in MNIST
+INK = 0.15  # a pixel is ink when its darkness above the paper reaches this share of the darkest
+
+
+class NotADigit(UserError):
+    """The picture cannot be prepared; the message completes a sentence that starts with its name
+    ("digit.png" + " has no ink: ...")."""
+
+
+def load_picture(path: str | Path) -> Image.Image:
+    """Open an image file (PNG, JPEG, BMP, ...) as Pillow decodes it."""
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            return picture.copy()
+    except FileNotFoundError:
+        raise NotADigit("does not exist") from None
+    except IsADirectoryError:
+        raise NotADigit("is a folder, not an image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise NotADigit(f"is not an image Pillow can read ({type(error).__name__})") from None
+
+
+def prepare_digit(picture: Image.Image | np.ndarray) -> np.ndarray:
+    """A digit in any size, colour or polarity -> uint8 [28, 28], white on black, MNIST-style.
+
+    Grey; inverted when the paper is lighter than the ink; cropped to the ink; scaled so that the
+    longer side is 20 pixels (Pillow's antialiasing filter); placed on a black 28x28 square with its
+    centre of mass at the centre. A picture without ink raises NotADigit.
+    """
+    grey = _as_grey(picture)  # float [H, W], 0 black .. 1 white
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    paper = float(np.median(border))
+    ink = grey - paper if paper < 0.5 else paper - grey  # brightness of the ink above the paper
+    ink = np.clip(ink, 0.0, None)
+    if ink.max() < 0.1:
+        raise NotADigit("has no ink: a blank page, or a digit too faint to see")
+    ink = np.where(ink >= INK * ink.max(), ink, 0.0) / ink.max()  # paper texture and JPEG noise go
+    rows, cols = np.nonzero(ink)
+    ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = ink.shape
+    scale = BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # Pillow: (width, height)
+    small = np.asarray(Image.fromarray(ink.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS))
+    small = np.clip(small, 0.0, 1.0)
+    return _centre_of_mass_on_field(small)
+
+
+def _as_grey(picture: Image.Image | np.ndarray) -> np.ndarray:
+    if isinstance(picture, np.ndarray):
+        array = picture.astype(np.float32)
+        if array.ndim == 3:  # colour: the luminance Pillow uses
+            array = array[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+        return array / (255.0 if picture.dtype == np.uint8 or array.max() > 1.0 else 1.0)
+    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+        # Transparent pixels count as white paper (a drawing exported without a background).
+        background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+        picture = Image.alpha_composite(background, picture.convert("RGBA"))
+    return np.asarray(picture.convert("L"), np.float32) / 255.0
+
+
+def _centre_of_mass_on_field(digit: np.ndarray) -> np.ndarray:
+    """Paste digit [h, w] (0..1) on a black FIELD x FIELD square, its centre of mass at the centre."""
+    rows, cols = np.indices(digit.shape)
+    total = digit.sum()
+    centre_row, centre_col = (rows * digit).sum() / total, (cols * digit).sum() / total
+    top = int(round(FIELD / 2 - 0.5 - centre_row))  # pixel centres: the field's centre is at 13.5
+    left = int(round(FIELD / 2 - 0.5 - centre_col))
+    top = min(max(top, 0), FIELD - digit.shape[0])  # keep the whole digit on the field
+    left = min(max(left, 0), FIELD - digit.shape[1])
+    field = np.zeros((FIELD, FIELD), np.float32)
+    field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return np.round(field * 255.0).astype(np.uint8)
