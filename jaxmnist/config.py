@@ -88,6 +88,7 @@ class Config:
     allow_small_data: bool = _option(False, "train on fewer images than MNIST's 60,000 / 10,000 (tests, experiments)")
     devices: str = _option("all", "data-parallel over all devices of every process, or the first N", "{all,N}")
     log_every: int = _option(100, "print the training loss every N batches", "N")
+    progress: bool = _option(True, "on an interactive terminal, a progress bar per epoch with speed and time left")
     checkpoint_seconds: float = _option(30.0, "save the latest state mid-epoch at most every SECONDS too", "SECONDS")
     cache_dir: str = _option("~/.cache/jaxmnist", "keep compiled programs (xla/) and MNIST decoded from TFDS here "
                              "between runs; '' = off", "DIR")

@@ -11,6 +11,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from jaxmnist.dashboard import Dashboard
 from jaxmnist.errors import UserError
 from jaxmnist.workdir import RUN_MARKER
 
@@ -31,6 +34,10 @@ def quiet_libraries() -> None:
 class _ConsoleHandler(logging.StreamHandler):
     """Once the reader of stdout has gone (`... | head`), drop the remaining lines quietly instead
     of printing a traceback for each; the work itself (metrics, checkpoints, files) carries on."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with tqdm.external_write_mode(file=self.stream):  # a progress bar steps aside for the line
+            super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         if isinstance(sys.exc_info()[1], BrokenPipeError):
@@ -78,21 +85,32 @@ def _version(package: str) -> str | None:
 class MetricsLog:
     """metrics.jsonl, one JSON object a line: kind "train" at log points, kind "epoch" per epoch."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, dashboard: Dashboard | None = None):
         self.path = path
         self.enabled = enabled  # False in every process but the first of a multi-process run
+        self.dashboard = dashboard  # TensorBoard events made from the same records
 
     def truncate_after(self, step: int) -> None:
         """Drop records past step: a resumed run replays them, and must not write them twice."""
-        if self.enabled and self.path.exists():
-            kept = [record for record in self.records() if record["step"] <= step]
+        if not self.enabled:
+            return
+        kept = [record for record in self.records() if record["step"] <= step]
+        if self.path.exists():
             self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        if self.dashboard is not None:
+            self.dashboard.rebuild(kept)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
+        if self.dashboard is not None:
+            self.dashboard.write(record)
+
+    def close(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.close()
 
     def records(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Every record (of one kind), oldest first. A torn last line (a kill in mid-write) is
@@ -127,3 +145,34 @@ def epoch_line(record: dict[str, Any]) -> str:
         f"  test loss {record['test_loss']:.4f} | train loss {record['train_loss']:.4f}"
         f" | lr {record['lr']:.1e} | {record['epoch_seconds']:.1f} s | {record['images_per_second']:.0f} images/s\n"
     )
+
+
+class Progress:
+    """A bar per epoch with speed and time left, below the lab's lines, on an interactive terminal
+    only: piped or redirected, the output is exactly the lab's lines."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar: tqdm | None = None
+
+    def start(self, epoch: int, num_images: int, done: int) -> None:
+        """A new bar for epoch, done of num_images already trained (a resumed epoch)."""
+        self.close()
+        if self.enabled:
+            self._bar = tqdm(total=num_images, initial=done, desc=f"Epoch {epoch}", unit="img",
+                             leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, images: int) -> None:
+        if self._bar is not None:
+            self._bar.update(images)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()  # also when the run stops early: no half-drawn bar is left behind

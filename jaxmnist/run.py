@@ -22,9 +22,10 @@ import jax
 from jaxmnist import data, parallel, workdir as workdirs
 from jaxmnist.checkpoint import CheckpointError, Checkpoints
 from jaxmnist.config import Config
+from jaxmnist.dashboard import Dashboard
 from jaxmnist.errors import UserError
 from jaxmnist.loops import DeviceDataset, TrainTotals, epoch_order, evaluate, make_runner, stack_batches
-from jaxmnist.reporting import MetricsLog, epoch_line, log, train_line, write_config
+from jaxmnist.reporting import MetricsLog, Progress, epoch_line, log, train_line, write_config
 from jaxmnist.steps import StepOptions, create_train_state, derive_keys, learning_rate_schedule, steps_per_epoch
 from jaxmnist.stopping import exit_code, stop_on_signals
 from jaxmnist.workdir import WorkdirError, check_resumable
@@ -98,7 +99,11 @@ def _own_workdir(path: Path) -> Iterator[MetricsLog]:
     created = workdirs.create(path)
     try:
         with workdirs.exclusive(path):
-            yield MetricsLog(path / "metrics.jsonl")
+            metrics = MetricsLog(path / "metrics.jsonl", dashboard=Dashboard(path / "tensorboard"))
+            try:
+                yield metrics
+            finally:
+                metrics.close()
     finally:
         if created:
             workdirs.remove_if_unused(path)
@@ -119,7 +124,8 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
     identity = {"config": config.to_dict(), "data": source._asdict(), "devices": mesh.devices.size}
 
     checkpoints = Checkpoints(path / "checkpoints")
-    with stop_on_signals() as stop_request, checkpoints:  # saves reach the disk before signals act again
+    progress = Progress(config.progress and parallel.is_main_process())
+    with stop_on_signals() as stop_request, checkpoints, progress:  # saves reach the disk before signals act again
         state, totals, step, evaluated = _resume(checkpoints, config, source, mesh.devices.size, state, totals, num_steps)
         if parallel.is_main_process():
             metrics.truncate_after(step)  # records past the checkpoint are replayed, not written twice
@@ -148,6 +154,7 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
         while True:
             epoch, index = step // num_steps + 1, step % num_steps  # the epoch being trained, its next batch
             if step and index == 0 and not evaluated:  # epoch - 1 has just ended
+                progress.close()
                 record = _evaluate_epoch(epoch - 1, step, state, totals, test_batches, batch_sharding, schedule, epoch_clock)
                 metrics.write(record)
                 records.append(record)
@@ -173,9 +180,11 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
             if order_epoch != epoch:
                 order = parallel.replicate(epoch_order(jax.random.fold_in(keys.shuffle, epoch), num_train, config.batch_size), mesh)
                 order_epoch = epoch
+                progress.start(epoch, num_train, min(index * config.batch_size, num_train))
             stop_index = next_boundary(index, num_steps, config.log_every)
             state, totals, loss = run_steps(state, totals, train_set, order, index, stop_index, keys.augment)
             step += stop_index - index
+            progress.advance(min(stop_index * config.batch_size, num_train) - min(index * config.batch_size, num_train))
             evaluated = False
             if (stop_index - 1) % config.log_every == 0:
                 loss = float(loss)  # the only host sync between epochs

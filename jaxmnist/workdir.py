@@ -24,7 +24,7 @@ from jaxmnist.errors import UserError
 RUN_MARKER = {"written_by": "jaxmnist"}
 LOCK_FILE = ".jaxmnist.lock"
 # Everything a run and its tools write, and so everything --restart may remove; nothing else.
-RUN_OUTPUTS = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "eval", "plots", "config.json")
+RUN_OUTPUTS = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "tensorboard", "eval", "plots", "config.json")
 
 _DEFAULTS = Config().recipe_dict()  # what a run recorded before a setting existed meant
 

@@ -111,7 +111,7 @@ def test_two_processes_train_one_epoch_and_write_once(idx_dir, tmp_path):
     assert "Train Epoch" not in second and "Test Accuracy" not in second  # only process 0 talks
     assert Checkpoints(tmp_path / "run" / "checkpoints", read_only=True).steps() == [13]
     assert len(_epochs(tmp_path / "run")) == 1 and sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        ".jaxmnist.lock", "checkpoints", "config.json", "metrics.jsonl"]
+        ".jaxmnist.lock", "checkpoints", "config.json", "metrics.jsonl", "tensorboard"]
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused(idx_dir, tmp_path):

@@ -99,7 +99,7 @@ def test_restart_removes_what_the_run_wrote_and_nothing_else(finished_run, idx_d
     assert train.main(["--idx-dir", str(idx_dir), "--workdir", str(finished_run), "--epochs", "1", "--seed", "7",
                        "--restart", *SMALL]) == 0
     names = sorted(p.name for p in finished_run.iterdir())
-    assert names == [".jaxmnist.lock", "checkpoints", "config.json", "metrics.jsonl", "notes.txt"]
+    assert names == [".jaxmnist.lock", "checkpoints", "config.json", "metrics.jsonl", "notes.txt", "tensorboard"]
     assert (finished_run / "notes.txt").read_text() == "mine\n"
     assert json.loads((finished_run / "config.json").read_text())["config"]["seed"] == 7
 

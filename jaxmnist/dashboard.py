@@ -1,0 +1,48 @@
+"""TensorBoard event files beside metrics.jsonl, so `tensorboard --logdir runs` shows every run.
+
+The events are made from the same records as metrics.jsonl, through tensorboardX (a small
+writer that needs no TensorFlow). metrics.jsonl stays the one truth: when a resumed run drops the
+records past its checkpoint, the events are rebuilt from the records kept, so no epoch is shown
+twice.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+EPOCH_SCALARS = ("test_accuracy", "test_loss", "train_loss", "lr", "images_per_second")
+
+
+class Dashboard:
+    """<workdir>/tensorboard: train/loss at every log point; epoch/<name> at every epoch's end."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._writer = None
+
+    def rebuild(self, records: Iterable[dict[str, Any]]) -> None:
+        """Start the event files again from these records (the ones metrics.jsonl keeps)."""
+        from tensorboardX import SummaryWriter
+
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._writer = SummaryWriter(str(self.folder), flush_secs=10)
+        for record in records:
+            self.write(record)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._writer is None:
+            return
+        if record["kind"] == "train":
+            self._writer.add_scalar("train/loss", record["loss"], record["step"])
+        else:
+            for name in EPOCH_SCALARS:
+                self._writer.add_scalar(f"epoch/{name}", record[name], record["step"])
+            self._writer.flush()  # an epoch is worth seeing at once
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
