@@ -97,7 +97,11 @@ def load_model(workdir: str | Path, step: str = "best") -> Callable[..., np.ndar
     silently: scale="pixels" (0..255), "unit" (0..1, the usual float form) or "normalized" (the
     lab's (x/255 - 0.1307) / 0.3081).
     """
-    params, _, _ = restore_params(workdir, step)
+    return predictor(restore_params(workdir, step)[0])
+
+
+def predictor(params) -> Callable[..., np.ndarray]:
+    """load_model's predict function for parameters already restored."""
     forward = jax.jit(lambda images: jax.nn.softmax(CNN().apply({"params": params}, images)))
 
     def predict(images: np.ndarray, scale: str | None = None) -> np.ndarray:
