@@ -139,13 +139,13 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
         best_accuracy = checkpoints.metrics(best_step)["test_accuracy"] if best_step is not None else -1.0
 
         def save(record: dict[str, Any] | None = None) -> None:
-            progress = {"step": state.step, "loss_sum": totals.loss_sum, "images": totals.images}
+            counters = {"step": state.step, "loss_sum": totals.loss_sum, "images": totals.images}
             meta = identity | {"step": step, "epoch": step // num_steps}
             rank = None
             if record is not None:  # an epoch's end: its test metrics make it a candidate for best
                 meta |= {k: record[k] for k in ("test_accuracy", "correct", "test_loss")}
                 rank = {"test_accuracy": record["test_accuracy"], "step": step}
-            checkpoints.save(step, state, progress, meta, rank)
+            checkpoints.save(step, state, counters, meta, rank)
 
         records = []
         saved_step, last_save = step, time.perf_counter()  # what is on disk now: the resumed state
