@@ -19,10 +19,9 @@ from jaxmnist import data
 from jaxmnist.augment import normalize
 from jaxmnist.checkpoint import CheckpointError, Checkpoints
 from jaxmnist.config import OneLineParser
-from jaxmnist.errors import UserError
 from jaxmnist.loops import evaluate, stack_batches
 from jaxmnist.model import CNN
-from jaxmnist.reporting import log, setup_console
+from jaxmnist.reporting import log, run_command, setup_console
 
 
 def resolve_step(checkpoints: Checkpoints, step: str) -> int:
@@ -208,20 +207,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idx-dir", default=None, help="read the MNIST IDX files from here instead of TFDS")
     args = parser.parse_args(argv)
     setup_console()
-    try:
-        report = evaluate_checkpoint(args.workdir, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
-    except UserError as error:
-        log.error("%s", error)
-        return 1
-    except KeyboardInterrupt:
-        log.error("Stopped; nothing was written.")
-        return 130
+    return run_command(lambda: _evaluate_and_report(args))
+
+
+def _evaluate_and_report(args) -> None:
+    report = evaluate_checkpoint(args.workdir, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
     print_report(report)
     try:
         log.info("\nWritten to %s", write_report(args.workdir, report))
     except OSError as error:  # a read-only workdir: the report above is still whole
         log.warning("\nThe report was not saved: %s/eval cannot be written (%s).", args.workdir, error.strerror)
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 from jaxmnist.config import OneLineParser
 from jaxmnist.errors import UserError
-from jaxmnist.reporting import log, setup_console
+from jaxmnist.reporting import log, run_command, setup_console
 
 ARTIFACT = "mnist.jaxexport"
 ONNX_FILE = "mnist.onnx"
@@ -129,20 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--onnx", action="store_true", help="also write mnist.onnx (needs jaxmnist[onnx])")
     args = parser.parse_args(argv)
     setup_console()
-    try:
-        record = export_model(args.workdir, args.out, args.step, args.onnx)
-    except UserError as error:
-        log.error("%s", error)
-        return 1
-    except KeyboardInterrupt:
-        log.error("Stopped.")
-        return 130
+    return run_command(lambda: _export_and_report(args))
+
+
+def _export_and_report(args) -> None:
+    record = export_model(args.workdir, args.out, args.step, args.onnx)
     written = [ARTIFACT] + ([ONNX_FILE] if "onnx" in record else []) + ["export.json"]
     log.info("Exported step %d (epoch %d) of %s to %s: %s", record["step"], record["epoch"], args.workdir, args.out,
              ", ".join(written))
     if "onnx" in record:
         log.info("onnxruntime agrees with JAX to %.1e.", record["onnx"]["max_abs_difference_vs_jax"])
-    return 0
 
 
 if __name__ == "__main__":

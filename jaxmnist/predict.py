@@ -17,9 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from jaxmnist.config import OneLineParser
-from jaxmnist.errors import UserError
 from jaxmnist.prepare import NotADigit, load_picture, prepare_digit
-from jaxmnist.reporting import log, setup_console
+from jaxmnist.reporting import log, run_command, setup_console
 
 
 def top_three(probabilities: np.ndarray) -> list[tuple[int, float]]:
@@ -36,21 +35,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per picture instead of a line")
     args = parser.parse_args(argv)
     setup_console()
-    try:
-        from jaxmnist.evaluate import load_model  # JAX loads here, after the flags
+    return run_command(lambda: _predict_each(args))
 
-        predict = load_model(args.workdir, args.step)
-    except UserError as error:
-        log.error("%s", error)
-        return 1
-    except KeyboardInterrupt:
-        log.error("Stopped.")
-        return 130
+
+def _predict_each(args) -> int:
+    from jaxmnist.evaluate import load_model  # JAX loads here, after the flags
+
+    predict = load_model(args.workdir, args.step)
     failed = False
     for path in args.images:
         try:
             digit = prepare_digit(load_picture(path))
-        except NotADigit as error:
+        except NotADigit as error:  # this file only: the others are still read
             log.error("%s %s.", path, error)
             failed = True
             continue

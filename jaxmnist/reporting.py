@@ -9,7 +9,7 @@ import os
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
 
@@ -60,6 +60,19 @@ def setup_console() -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
     quiet_libraries()
+
+
+def run_command(work: Callable[[], int | None]) -> int:
+    """A command's work with its expected failures as one line on stderr: a UserError's sentence
+    and its exit status, or Ctrl-C as "Stopped." and 130. Returns the exit status."""
+    try:
+        return work() or 0
+    except UserError as error:
+        log.error("%s", error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        log.error("Stopped.")
+        return 130
 
 
 def write_config(workdir: Path, identity: dict[str, Any], device: str) -> None:

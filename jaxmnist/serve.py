@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from jaxmnist.config import OneLineParser
 from jaxmnist.errors import UserError
-from jaxmnist.reporting import log, setup_console
+from jaxmnist.reporting import log, run_command, setup_console
 
 
 class ServeError(UserError):
@@ -75,27 +75,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="the port (default: %(default)s)")
     args = parser.parse_args(argv)
     setup_console()
-    try:
-        try:
-            import starlette  # noqa: F401
-            import uvicorn
-        except ImportError:
-            raise ServeError("The drawing page needs starlette and uvicorn: pip install 'jaxmnist[serve]'.") from None
-        _check_port(args.host, args.port)
-        from jaxmnist.evaluate import predictor, restore_params
+    return run_command(lambda: _serve(args))
 
-        params, meta, step = restore_params(args.workdir, args.step)
-        app = create_app(predictor(params), {"workdir": str(Path(args.workdir)), "step": step, "epoch": meta["epoch"]})
-    except UserError as error:
-        log.error("%s", error)
-        return 1
-    except KeyboardInterrupt:
-        log.error("Stopped.")
-        return 130
+
+def _serve(args) -> None:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise ServeError("The drawing page needs starlette and uvicorn: pip install 'jaxmnist[serve]'.") from None
+    _check_port(args.host, args.port)
+    from jaxmnist.evaluate import predictor, restore_params
+
+    params, meta, step = restore_params(args.workdir, args.step)
+    app = create_app(predictor(params), {"workdir": str(Path(args.workdir)), "step": step, "epoch": meta["epoch"]})
     log.info("The drawing page of %s (step %d) is at http://%s:%d/ ; Ctrl-C stops it.",
              args.workdir, step, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
 
 
 if __name__ == "__main__":

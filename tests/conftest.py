@@ -56,6 +56,21 @@ def write_idx(folder, dataset, compress=True):
     return folder
 
 
+def run_results(workdir: Path):
+    """What a resumed run must reproduce exactly: every metrics.jsonl record without its wall-clock
+    fields, and the latest checkpoint's parameters."""
+    import json
+
+    from jaxmnist.checkpoint import Checkpoints
+
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        for timing in ("train_seconds", "epoch_seconds", "images_per_second"):
+            record.pop(timing, None)
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    return records, checkpoints.restore_params(checkpoints.latest_step())[0]
+
+
 @pytest.fixture
 def tiny_mnist() -> MNIST:
     """200 training images (4 batches of 64, the last of 8) and 30 test images."""

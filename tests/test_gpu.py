@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, make_mnist, write_idx
+from conftest import SHARED_DATA, make_mnist, write_idx, run_results as _results
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_GPU = Path("/dev/nvidiactl").exists()  # no CUDA initialised in this process to find out
@@ -41,18 +41,6 @@ def _finish(process, timeout=300):
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, err[-3000:]
     return out
-
-
-def _results(workdir):
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    for record in records:
-        for timing in ("train_seconds", "epoch_seconds", "images_per_second"):
-            record.pop(timing, None)
-    from jaxmnist.checkpoint import Checkpoints
-
-    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
-    params, _ = checkpoints.restore_params(checkpoints.latest_step())
-    return records, params
 
 
 def _assert_identical(a, b):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxmnist.checkpoint import Checkpoints
-from conftest import make_mnist, write_idx
+from conftest import make_mnist, write_idx, run_results as _results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,17 +60,6 @@ def _wait_for_lines(process, count, prefix="Train Epoch", timeout=120):
     finally:
         watchdog.cancel()
     raise AssertionError("the run ended before the expected line")
-
-
-def _results(workdir):
-    """What must be identical: every metric except wall-clock times, and the final parameters."""
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    for record in records:
-        for timing in ("train_seconds", "epoch_seconds", "images_per_second"):
-            record.pop(timing, None)
-    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
-    params, _ = checkpoints.restore_params(checkpoints.latest_step())
-    return records, params
 
 
 @pytest.fixture(scope="module")
