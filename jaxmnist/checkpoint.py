@@ -48,7 +48,8 @@ class Checkpoints:
         self.directory = Path(directory).absolute()  # Orbax refuses relative paths
         quiet_libraries()  # Orbax's routine absl warnings ("read only", "metadata file does not exist")
         if read_only and not self.directory.is_dir():
-            raise CheckpointError(f"{self.directory} does not exist: this workdir has no checkpoints.")
+            raise CheckpointError(f"{self.directory} does not exist: this workdir has no checkpoints; train first with "
+                                  "python -m jaxmnist.train.")
         keep = policies.AnyPreservationPolicy([
             policies.LatestN(n=1),
             # Mid-epoch checkpoints carry no metrics: they must not pile up, LatestN covers them.

@@ -54,7 +54,7 @@ class Config:
     dropout: float = _recipe(0.0, "dropout rate after the second pooling layer, in training only; 0 = off", "RATE")
     schedule: str = _recipe("step", "learning-rate schedule: step (the lab's StepLR) or cosine (from --lr to 0 over "
                             "the run)", "{step,cosine}", choices=("step", "cosine"))
-    warmup_epochs: float = _recipe(0.0, "raise the learning rate linearly from 0 over the first EPOCHS first; 0 = off",
+    warmup_epochs: float = _recipe(0.0, "first raise the learning rate linearly from 0 over this many epochs; 0 = off",
                                    "EPOCHS")
     label_smoothing: float = _recipe(0.0, "smooth the training targets by this amount (optax.smooth_labels); 0 = off",
                                      "AMOUNT")
@@ -183,7 +183,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
             kwargs["choices"] = field.metadata["choices"]
         if _field_type(field) is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["help"] = field.metadata["help"]  # BooleanOptionalAction adds the default itself
+            kwargs["help"] = f"{field.metadata['help']} (default: {'on' if field.default else 'off'})"
         else:
             kwargs["type"] = _field_type(field)
             kwargs["metavar"] = field.metadata["metavar"]

@@ -200,7 +200,8 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, evaluate, print; every expected failure is one line and exit 1."""
-    parser = OneLineParser(prog="python -m jaxmnist.evaluate", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m jaxmnist.evaluate", description="Restore a checkpoint and analyse its "
+                           "errors on the 10,000 test images.")
     parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
     parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's own data source)")

@@ -6,7 +6,7 @@ Writes the chosen checkpoint's forward pass, uint8 images [N, 28, 28] in (white 
 as MNIST's) and probabilities [N, 10] out, the normalization inside:
     mnist.jaxexport  a serialized jax.export artifact for CPU and CUDA, any batch size
                      (jax.export.deserialize(...).call(images) with jax alone)
-    mnist.onnx       with --onnx: the same function through jax2onnx (pip install 'jaxmnist[onnx]'),
+    mnist.onnx       with --onnx: the same function through jax2onnx (pip install -e ".[onnx]"),
                      checked with onnxruntime against JAX's probabilities
     export.json      which run and step they came from, and the versions that made them
 """
@@ -91,7 +91,7 @@ def _export_onnx(forward: Callable, path: Path) -> dict[str, Any]:
         import jax2onnx
         import onnxruntime
     except ImportError:
-        raise ExportError("--onnx needs jax2onnx and onnxruntime: pip install 'jaxmnist[onnx]'.") from None
+        raise ExportError("--onnx needs jax2onnx and onnxruntime: pip install -e '.[onnx]' in the jaxmnist checkout.") from None
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -122,7 +122,8 @@ def _version(package: str) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m jaxmnist.export", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m jaxmnist.export", description="Export a trained model to run without "
+                           "jaxmnist: a jax.export artifact, and ONNX with --onnx.")
     parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
     parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
     parser.add_argument("--out", required=True, help="the folder to write the artifacts into")

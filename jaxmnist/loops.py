@@ -91,7 +91,7 @@ def one_program_at_a_time(batch_sharding) -> bool:
     XLA:CPU runs every device's share of a program on a thread pool sized by the cores. With
     several programs in flight, devices waiting in one step's all-reduce can hold the threads that
     another device needs to reach it, and XLA aborts after 40 s (seen with 4 devices on 1 core, and
-    on the 2-core AMD EPYC). Waiting for each program before dispatching the next avoids it, at no
+    on the 2-core AVX2-only machine type). Waiting for each program before dispatching the next avoids it, at no
     cost on one device, where it is never done.
     """
     devices = () if batch_sharding is None else batch_sharding.device_set

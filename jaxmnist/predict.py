@@ -28,7 +28,8 @@ def top_three(probabilities: np.ndarray) -> list[tuple[int, float]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m jaxmnist.predict", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m jaxmnist.predict", description="Read the digit in each picture with a "
+                           "trained model; pictures are prepared as MNIST's digits were.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files of one digit each")
     parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
     parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")

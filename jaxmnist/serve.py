@@ -10,6 +10,7 @@ probabilities and the 28x28 image the model saw. A small Starlette app (pip inst
 
 from __future__ import annotations
 
+import argparse
 import io
 import socket
 import sys
@@ -58,6 +59,13 @@ def create_app(predict: Callable, run: dict[str, Any]):
                              Route("/predict", read_drawing, methods=["POST"])])
 
 
+def _port(text: str) -> int:
+    """--port's type: a TCP port number, or argparse's one-line error."""
+    if not (text.isascii() and text.isdigit() and 0 < int(text) < 65536):
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
 def _check_port(host: str, port: int) -> None:
     """Fail in one sentence before loading anything when the address cannot be served."""
     try:
@@ -68,11 +76,12 @@ def _check_port(host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m jaxmnist.serve", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m jaxmnist.serve", description="Serve a local page where you draw a digit and "
+                           "the model reads it as you draw.")
     parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
     parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s, this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="the port (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=8000, help="the port, 1-65535 (default: %(default)s)")
     args = parser.parse_args(argv)
     setup_console()
     return run_command(lambda: _serve(args))
@@ -83,7 +92,8 @@ def _serve(args) -> None:
         import starlette  # noqa: F401
         import uvicorn
     except ImportError:
-        raise ServeError("The drawing page needs starlette and uvicorn: pip install 'jaxmnist[serve]'.") from None
+        raise ServeError("The drawing page needs starlette and uvicorn: pip install -e '.[serve]' in the jaxmnist "
+                         "checkout.") from None
     _check_port(args.host, args.port)
     from jaxmnist.evaluate import predictor, restore_params
 

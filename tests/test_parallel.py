@@ -58,7 +58,7 @@ def test_four_devices_compute_what_one_device_computes(idx_dir, tmp_path):
     params = [restore_params(tmp_path / w, "26")[0] for w in ("four", "one")]  # a 4-device checkpoint, read on 1
     for a, b in zip(*map(jax.tree.leaves, params)):
         # Two epochs of Adam amplify a different order of float sums differently on each CPU type:
-        # up to 1.04e-5 on the AMD EPYC (AVX2), less on the Xeon (AVX-512). 1e-4 holds on both.
+        # up to 1.04e-5 on the AVX2-only machine type, less on the AVX-512 one. 1e-4 holds on both.
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 

@@ -61,9 +61,13 @@ def test_the_server_prepares_a_drawing_as_predict_prepares_a_file(trained):
 
 
 def test_a_missing_run_is_one_line():
-    result = subprocess.run([sys.executable, "-m", "jaxmnist.serve", "--workdir", "/no/such/run", "--port", "0"],
+    result = subprocess.run([sys.executable, "-m", "jaxmnist.serve", "--workdir", "/no/such/run", "--port", str(_free_port())],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip() == "--workdir /no/such/run does not exist."
+    bad_port = subprocess.run([sys.executable, "-m", "jaxmnist.serve", "--port", "99999"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+    assert bad_port.returncode == 2 and bad_port.stderr.strip() == (
+        "python -m jaxmnist.serve: error: argument --port: must be a port number from 1 to 65535, got '99999'")
 
 
 def _free_port() -> int:
