@@ -27,7 +27,7 @@ from jaxmnist.errors import UserError
 from jaxmnist.loops import DeviceDataset, TrainTotals, epoch_order, evaluate, make_runner, stack_batches
 from jaxmnist.reporting import MetricsLog, Progress, epoch_line, log, train_line, write_config
 from jaxmnist.steps import StepOptions, create_train_state, derive_keys, learning_rate_schedule, steps_per_epoch
-from jaxmnist.stopping import exit_code, stop_on_signals
+from jaxmnist.stopping import StopRequest, exit_code, stop_on_signals
 from jaxmnist.workdir import WorkdirError, check_resumable
 
 
@@ -66,20 +66,36 @@ def next_boundary(index: int, num_steps: int, log_every: int) -> int:
     return min(-(-index // log_every) * log_every + 1, num_steps)
 
 
-def train_and_evaluate(config: Config, dataset: data.MNIST | None = None) -> list[dict[str, Any]]:
+NOT_STARTED = "Stopped before training started; run the same command to start again."
+
+
+def stop_if_asked(stop: StopRequest) -> None:
+    """Between the steps of starting up: end now, in one line, if a stop was asked for."""
+    if stop.signal:
+        raise Interrupted(NOT_STARTED, stop.signal)
+
+
+def train_and_evaluate(config: Config, dataset: data.MNIST | None = None,
+                       stop: StopRequest | None = None) -> list[dict[str, Any]]:
     """Train and evaluate per epoch; returns this process's epoch records. dataset replaces the
-    data flags (tests); it is checked as loaded data is."""
+    data flags (tests); it is checked as loaded data is. stop is set by Ctrl-C and SIGTERM (by
+    default this call catches them itself, while it runs)."""
+    if stop is None:
+        with stop_on_signals() as stop:
+            return train_and_evaluate(config, dataset, stop)
     # 1. Every check that can refuse the run, before anything is written.
     path = workdirs.check_workdir(config.workdir)
     dataset, source = _load_data(config, dataset)
+    stop_if_asked(stop)
     mesh = parallel.make_mesh(config.devices)
     parallel.check_divisible(mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
 
     # 2. Take the workdir; only then may what an earlier run wrote be discarded.
     with _own_workdir(path) as metrics:
+        stop_if_asked(stop)
         if config.restart:
             parallel.on_main_process("restart", lambda: workdirs.discard_previous_run(path))
-        return _train(config, path, dataset, source, mesh, metrics)
+        return _train(config, path, dataset, source, mesh, metrics, stop)
 
 
 def _load_data(config: Config, dataset: data.MNIST | None) -> tuple[data.MNIST, data.Source]:
@@ -109,7 +125,8 @@ def _own_workdir(path: Path) -> Iterator[MetricsLog]:
             workdirs.remove_if_unused(path)
 
 
-def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source, mesh, metrics: MetricsLog):
+def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source, mesh, metrics: MetricsLog,
+           stop: StopRequest):
     num_train = len(dataset.train_images)
     num_steps = steps_per_epoch(num_train, config.batch_size)
     total_steps = config.epochs * num_steps
@@ -125,8 +142,10 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
 
     checkpoints = Checkpoints(path / "checkpoints")
     progress = Progress(config.progress and parallel.is_main_process())
-    with stop_on_signals() as stop_request, checkpoints, progress:  # saves reach the disk before signals act again
+    with checkpoints, progress:  # saves reach the disk before the process ends
         state, totals, step, evaluated = _resume(checkpoints, config, source, mesh.devices.size, state, totals, num_steps)
+        if not step:
+            stop_if_asked(stop)  # before config.json: a run stopped before its first step leaves no trace
         if parallel.is_main_process():
             metrics.truncate_after(step)  # records past the checkpoint are replayed, not written twice
             write_config(path, identity, parallel.describe(mesh))
@@ -168,15 +187,16 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
             if step >= total_steps:
                 break
             checkpoints.check()  # a failed save ends the run now, not at its end
-            stop_signal, save_due = parallel.agree(stop_request.signal, time.perf_counter() - last_save > config.checkpoint_seconds)
+            stop_signal, save_due = parallel.agree(stop.signal, time.perf_counter() - last_save > config.checkpoint_seconds)
             if (stop_signal or save_due) and saved_step != step:
                 save()
                 saved_step, last_save = step, time.perf_counter()
             if stop_signal:
+                if not step:
+                    raise Interrupted(NOT_STARTED, stop_signal)
                 where = f"the end of epoch {epoch - 1}" if index == 0 else f"batch {index} of {num_steps} in epoch {epoch}"
-                kept = "the state is saved" if step else "nothing was trained yet"
-                raise Interrupted(f"Stopped at step {step} ({where}); {kept}: run the same command again to resume.",
-                                  stop_signal)
+                raise Interrupted(f"Stopped at step {step} ({where}); the state is saved: run the same command again to "
+                                  "resume.", stop_signal)
             if order_epoch != epoch:
                 order = parallel.replicate(epoch_order(jax.random.fold_in(keys.shuffle, epoch), num_train, config.batch_size), mesh)
                 order_epoch = epoch

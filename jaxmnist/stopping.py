@@ -20,38 +20,28 @@ class StopRequest:
     def __init__(self) -> None:
         self.signal = 0  # the signal's number, 0 while none arrived
 
+    def listen(self) -> None:
+        """(Re)install the handlers: jax.distributed.initialize installs its own for SIGTERM."""
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        self.signal = self.signal or signum
+
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
     """Within the block, SIGINT and SIGTERM set the request instead of interrupting the program."""
     request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield request
-        return
-
-    def handler(signum, _frame):
-        request.signal = request.signal or signum
-
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    request.listen()
     try:
         yield request
     finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM outside the training loop: unwinds like Ctrl-C, to the same one-line exit."""
-
-
-def terminate_like_ctrl_c() -> None:
-    """Make SIGTERM raise Terminated (as SIGINT raises KeyboardInterrupt) until stop_on_signals
-    takes over, so a stop during start-up is one line too."""
-
-    def handler(_signum, _frame):
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, handler)
+        if threading.current_thread() is threading.main_thread():
+            for signum, old in previous.items():
+                signal.signal(signum, old)
 
 
 def exit_code(signum: int) -> int:

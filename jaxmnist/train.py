@@ -8,14 +8,13 @@ mistyped flag answer at once instead of after JAX has loaded.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Sequence
 
 from jaxmnist.config import parse_config
 from jaxmnist.errors import UserError
 from jaxmnist.reporting import log, setup_console
-from jaxmnist.stopping import Terminated, exit_code, terminate_like_ctrl_c
+from jaxmnist.stopping import stop_on_signals
 
 DESCRIPTION = """\
 Train the MNIST lab's two-conv CNN (Adam, step decay, random rotation) in JAX,
@@ -27,25 +26,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, train, and turn every expected failure into one line on stderr and a non-zero exit."""
     config = parse_config(argv, prog="python -m jaxmnist.train", description=DESCRIPTION)
     setup_console()
-    terminate_like_ctrl_c()
-    try:
-        from jaxmnist import parallel  # noqa: PLC0415 - JAX loads here, after the flags
-        from jaxmnist.run import configure_jax, train_and_evaluate
+    # From here on Ctrl-C and SIGTERM only set a flag, honoured between steps of the work: an
+    # exception raised inside an import (JAX's, TensorFlow's) aborts the interpreter instead.
+    with stop_on_signals() as stop:
+        try:
+            from jaxmnist import parallel  # noqa: PLC0415 - JAX loads here, after the flags
+            from jaxmnist.run import configure_jax, stop_if_asked, train_and_evaluate
 
-        configure_jax(config)  # before any device is touched
-        parallel.start_backend()
-        if not parallel.is_main_process():  # one console for the whole run: process 0's
-            log.setLevel("ERROR")
-        train_and_evaluate(config)
-    except KeyboardInterrupt as interrupt:  # before training started: nothing to save
-        log.error("Stopped before training started; run the same command to start again.")
-        # An import cut short (JAX's, TensorFlow's) can crash the interpreter's own clean-up.
-        _exit_at_once(exit_code(signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT))
-    except UserError as error:
-        log.error("%s", error)
-        if type(error).__name__ == "SaveFailed":  # Orbax's threads would keep the process alive
-            _exit_at_once(error.exit_code)
-        return error.exit_code
+            stop_if_asked(stop)
+            configure_jax(config)  # before any device is touched
+            parallel.start_backend()
+            stop.listen()  # again: jax.distributed installs its own SIGTERM handler
+            if not parallel.is_main_process():  # one console for the whole run: process 0's
+                log.setLevel("ERROR")
+            train_and_evaluate(config, stop=stop)
+        except UserError as error:
+            log.error("%s", error)
+            if type(error).__name__ == "SaveFailed":  # Orbax's threads would keep the process alive
+                _exit_at_once(error.exit_code)
+            return error.exit_code
     return 0
 
 

@@ -44,7 +44,7 @@ def check_workdir(workdir: str) -> Path:
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
             raise WorkdirError(f"--workdir {workdir} is not writable.")
-        if not is_run(path) and any(p.name != LOCK_FILE for p in path.iterdir()):
+        if not is_run(path) and not _only_empty_leftovers(path):
             raise WorkdirError(f"--workdir {workdir} holds files that are not a jaxmnist run; give an empty or new folder.")
         return path
     parent = next(p for p in path.parents if p.exists())
@@ -66,6 +66,13 @@ def is_run(path: Path) -> bool:
     return checkpoints.is_dir() and any((step / "meta").is_dir() for step in checkpoints.iterdir() if step.name.isdigit())
 
 
+def _only_empty_leftovers(path: Path) -> bool:
+    """Whether a folder holds nothing but what a run stopped before its first save leaves: the lock
+    file and empty folders of its own (an empty checkpoints/)."""
+    return all(p.name == LOCK_FILE or (p.name in RUN_OUTPUTS and p.is_dir() and not any(p.iterdir()))
+               for p in path.iterdir())
+
+
 def create(path: Path) -> bool:
     """Make the workdir; True when this call created it (so a failed run can take it away again)."""
     try:
@@ -80,8 +87,12 @@ def create(path: Path) -> bool:
 def remove_if_unused(path: Path) -> None:
     """Undo create() for a run that failed before writing anything: only an empty folder goes."""
     with contextlib.suppress(OSError):
-        if [p.name for p in path.iterdir()] in ([], [LOCK_FILE]):
-            (path / LOCK_FILE).unlink(missing_ok=True)
+        if _only_empty_leftovers(path):
+            for leftover in path.iterdir():
+                if leftover.is_dir():
+                    leftover.rmdir()
+                else:
+                    leftover.unlink()
             path.rmdir()
 
 

@@ -89,6 +89,13 @@ def test_a_folder_that_is_not_a_run_is_refused_even_with_restart(idx_dir, tmp_pa
     assert _files(folder) == before
 
 
+def test_a_run_stopped_before_its_first_save_leaves_a_workdir_the_next_run_takes(idx_dir, tmp_path):
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)  # what Orbax creates before the first save
+    (workdir / LOCK_FILE).write_text("")
+    assert train.main(["--idx-dir", str(idx_dir), "--workdir", str(workdir), "--epochs", "1", *SMALL]) == 0
+
+
 def test_restart_removes_what_the_run_wrote_and_nothing_else(finished_run, idx_dir, capsys):
     from jaxmnist.evaluate import evaluate_checkpoint, write_report
 
@@ -221,12 +228,14 @@ def test_evaluate_prints_its_report_on_a_read_only_workdir_and_refuses_odd_steps
     assert _one_error_line(capsys).startswith("There is no checkpoint for --step \u0661\u0663 in ")
 
 
-def test_sigterm_during_start_up_is_one_line(idx_dir, tmp_path):
+@pytest.mark.parametrize("signum, delay", [(signal.SIGINT, 0.3), (signal.SIGTERM, 0.3), (signal.SIGTERM, 1.0)])
+def test_a_stop_during_start_up_is_one_line(idx_dir, tmp_path, signum, delay):
+    # 0.3 s: while JAX is imported, where an exception used to abort the interpreter; 1 s: later.
     process = subprocess.Popen(_train(idx_dir, tmp_path / "run", "--epochs", "1"), cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # importing JAX, reading the data
-    process.send_signal(signal.SIGTERM)
+    time.sleep(delay)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 143 and err.strip().splitlines() == [
+    assert process.returncode == 128 + signum and err.strip().splitlines() == [
         "Stopped before training started; run the same command to start again."], err
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()  # and the next run starts afresh
