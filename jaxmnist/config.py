@@ -98,6 +98,10 @@ class Config:
         for name in ("epochs", "batch_size", "lr_decay_epochs", "log_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise SettingError(name, f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}.")
+        for name, images in (("batch_size", 60_000), ("eval_batch_size", 10_000)):  # MNIST's splits
+            if getattr(self, name) > images:
+                raise SettingError(name, f"--{_flag(name)} must be at most {images:,} (the split's images), "
+                                         f"got {getattr(self, name)}.")
         checks = (
             ("checkpoint_seconds", self.checkpoint_seconds > 0, "must be positive"),
             ("lr", self.lr > 0, "must be positive"),

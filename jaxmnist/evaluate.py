@@ -42,7 +42,11 @@ def resolve_step(checkpoints: Checkpoints, step: str) -> int:
 
 def restore_params(workdir: str | Path, step: str = "best") -> tuple[Any, dict[str, Any], int]:
     """The parameters of one checkpoint, checked against the model; with its meta and step number."""
+    if not str(workdir).strip():
+        raise CheckpointError("--workdir must name a training run's folder (it is empty: an unset shell variable?).")
     workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise CheckpointError(f"--workdir {workdir} is a file, not a training run's folder.")
     if not workdir.is_dir():
         raise CheckpointError(f"--workdir {workdir} does not exist.")
     checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)

@@ -57,9 +57,8 @@ def export_model(workdir: str | Path, out: str | Path, step: str = "best", onnx:
 
     from jaxmnist.evaluate import restore_params
 
+    _check_out(out)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file, not a folder.")
     params, meta, number = restore_params(workdir, step)
     forward = probabilities_function(params)
     (batch,) = export.symbolic_shape("batch")
@@ -77,10 +76,30 @@ def export_model(workdir: str | Path, out: str | Path, step: str = "best", onnx:
         (out / ARTIFACT).write_bytes(exported.serialize())
         if onnx:
             record["onnx"] = _export_onnx(forward, out / ONNX_FILE)
+        else:
+            (out / ONNX_FILE).unlink(missing_ok=True)  # an earlier export's, no longer this one's
         (out / "export.json").write_text(json.dumps(record, indent=1) + "\n")
     except OSError as error:
         raise ExportError(f"--out {out} cannot be written ({error.strerror}).") from None
     return record
+
+
+def _check_out(out: str | Path) -> None:
+    """--out must be a new or empty folder, or one this command wrote before (which it replaces):
+    nothing of the user's is overwritten."""
+    if not str(out).strip():
+        raise ExportError("--out must name a folder (it is empty: an unset shell variable?).")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder.")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            ours = "jax_export" in json.loads((out / "export.json").read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+        strangers = [p.name for p in out.iterdir() if p.name not in (ARTIFACT, ONNX_FILE, "export.json")]
+        if not ours or strangers:
+            raise ExportError(f"--out {out} holds files this command did not write; give an empty or new folder.")
 
 
 def _export_onnx(forward: Callable, path: Path) -> dict[str, Any]:

@@ -27,6 +27,8 @@ class NotADigit(UserError):
 
 def load_picture(path: str | Path) -> Image.Image:
     """Open an image file (PNG, JPEG, BMP, ...) as Pillow decodes it."""
+    if Path(path).exists() and not Path(path).is_dir() and not Path(path).is_file():
+        raise NotADigit("is not a regular file (a pipe or a device)")  # reading it could wait forever
     try:
         with Image.open(path) as picture:
             picture.load()
@@ -35,6 +37,8 @@ def load_picture(path: str | Path) -> Image.Image:
         raise NotADigit("does not exist") from None
     except IsADirectoryError:
         raise NotADigit("is a folder, not an image") from None
+    except Image.DecompressionBombError:
+        raise NotADigit(f"is too large to be a picture of one digit (more than {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise NotADigit(f"is not an image Pillow can read ({type(error).__name__})") from None
 

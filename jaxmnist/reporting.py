@@ -25,6 +25,7 @@ def quiet_libraries() -> None:
     checkpoint kept), and a failed save as tracebacks from its threads; every failure that matters
     reaches the user as an exception, turned into our own one sentence."""
     logging.getLogger("absl").setLevel(logging.CRITICAL)
+    logging.getLogger("tensorboardX").setLevel(logging.ERROR)  # "NaN found": the run says so itself
     with contextlib.suppress(ImportError):
         from absl import logging as absl_logging
 
@@ -60,6 +61,9 @@ def setup_console() -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
     quiet_libraries()
+    # Orbax's abandoned coroutines after a damaged read report themselves as "Exception ignored"
+    # tracebacks by the hundred; the failure itself reaches the user as one sentence.
+    sys.unraisablehook = lambda unraisable: None
 
 
 def run_command(work: Callable[[], int | None]) -> int:
@@ -84,8 +88,11 @@ def write_config(workdir: Path, identity: dict[str, Any], device: str) -> None:
     versions = {name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")}
     record = RUN_MARKER | identity | {"versions": versions, "device": device}
     partial = workdir / "config.json.partial"
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    partial.replace(workdir / "config.json")
+    try:
+        partial.write_text(json.dumps(record, indent=2) + "\n")
+        partial.replace(workdir / "config.json")
+    finally:
+        partial.unlink(missing_ok=True)  # gone after the rename; left only by a failed write
 
 
 def _version(package: str) -> str | None:
@@ -130,11 +137,14 @@ class MetricsLog:
         dropped with a one-line notice; damage anywhere else is an error."""
         if not self.path.exists():
             return []
-        lines = self.path.read_text().splitlines()
+        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()  # junk is damage, not a crash
         records = []
         for number, line in enumerate(lines, 1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
+                if not (isinstance(record, dict) and "kind" in record and "step" in record):
+                    raise ValueError("not a record")
+                records.append(record)
             except ValueError:
                 if number < len(lines):
                     raise MetricsError(f"{self.path} is damaged at line {number}; fix or delete that line.") from None

@@ -102,6 +102,9 @@ def _load_data(config: Config, dataset: data.MNIST | None) -> tuple[data.MNIST, 
     if dataset is None:  # process 0 first: a TFDS download and the decoded cache are written once
         dataset = parallel.main_process_first("data", lambda: data.load(config.data_dir, config.idx_dir, config.cache_dir))
     data.check_sizes(dataset, config.allow_small_data)
+    if config.batch_size > len(dataset.train_images):
+        raise data.DataError(f"--batch-size {config.batch_size} is larger than the {len(dataset.train_images):,} "
+                             "training images.")
     return dataset, data.describe(dataset, config.data_dir, config.idx_dir)
 
 
@@ -143,11 +146,14 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
     checkpoints = Checkpoints(path / "checkpoints")
     progress = Progress(config.progress and parallel.is_main_process())
     with checkpoints, progress:  # saves reach the disk before the process ends
-        state, totals, step, evaluated = _resume(checkpoints, config, source, mesh.devices.size, state, totals, num_steps)
+        state, totals, step, meta = _resume(checkpoints, config, source, mesh.devices.size, state, totals, num_steps)
+        evaluated = "test_accuracy" in meta or not step  # an epoch-end checkpoint holds its epoch's record
         if not step:
             stop_if_asked(stop)  # before config.json: a run stopped before its first step leaves no trace
         if parallel.is_main_process():
             metrics.truncate_after(step)  # records past the checkpoint are replayed, not written twice
+            if "record" in meta and not any(r["step"] == step for r in metrics.records("epoch")):
+                metrics.write(meta["record"])  # its line was torn by a kill: the checkpoint has it
             write_config(path, identity, parallel.describe(mesh))
         log.info("Using device: %s", parallel.describe(mesh))
         if step >= total_steps and evaluated:
@@ -159,12 +165,12 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
 
         def save(record: dict[str, Any] | None = None) -> None:
             counters = {"step": state.step, "loss_sum": totals.loss_sum, "images": totals.images}
-            meta = identity | {"step": step, "epoch": step // num_steps}
+            about = identity | {"step": step, "epoch": step // num_steps}
             rank = None
             if record is not None:  # an epoch's end: its test metrics make it a candidate for best
-                meta |= {k: record[k] for k in ("test_accuracy", "correct", "test_loss")}
+                about |= {k: record[k] for k in ("test_accuracy", "correct", "test_loss")} | {"record": record}
                 rank = {"test_accuracy": record["test_accuracy"], "step": step}
-            checkpoints.save(step, state, counters, meta, rank)
+            checkpoints.save(step, state, counters, about, rank)
 
         records = []
         saved_step, last_save = step, time.perf_counter()  # what is on disk now: the resumed state
@@ -254,8 +260,8 @@ def _evaluate_epoch(epoch, step, state, totals, test_batches, batch_sharding, sc
 
 
 def _resume(checkpoints: Checkpoints, config: Config, source: data.Source, num_devices: int, state, totals, num_steps: int):
-    """Continue from the newest usable checkpoint: (state, totals, step, evaluated), where evaluated
-    says whether a checkpoint at an epoch's end holds that epoch's test metrics; step 0 if none.
+    """Continue from the newest usable checkpoint: (state, totals, step, its meta); step 0 and an
+    empty meta if there is none.
 
     A checkpoint that cannot be read is reported in one line and set aside (by process 0), and the
     next older one is tried, so a kill that damaged the newest save costs only the work since the
@@ -272,8 +278,8 @@ def _resume(checkpoints: Checkpoints, config: Config, source: data.Source, num_d
             checkpoints.reload()
             log.warning("%s It was moved to %s.", error, moved or "damaged-checkpoints")
             continue
-        return state, TrainTotals(progress["loss_sum"], progress["images"]), int(progress["step"]), "test_accuracy" in meta
-    return state, totals, 0, True
+        return state, TrainTotals(progress["loss_sum"], progress["images"]), int(progress["step"]), meta
+    return state, totals, 0, {}
 
 
 def _check_same_run(meta: dict[str, Any], config: Config, source: data.Source, num_devices: int) -> None:

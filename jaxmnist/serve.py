@@ -49,7 +49,7 @@ def create_app(predict: Callable, run: dict[str, Any]):
             digit = prepare_digit(Image.open(io.BytesIO(await request.body())))
         except NotADigit:
             return JSONResponse({"error": "Draw a digit: the page is blank."}, status_code=422)
-        except (OSError, SyntaxError):
+        except (OSError, SyntaxError, Image.DecompressionBombError):
             return JSONResponse({"error": "The drawing could not be read as an image."}, status_code=400)
         probabilities = predict(digit[None])[0]
         return JSONResponse({"digit": int(probabilities.argmax()), "probabilities": [float(p) for p in probabilities],
@@ -72,7 +72,8 @@ def _check_port(host: str, port: int) -> None:
         with socket.create_server((host, port)):
             pass
     except OSError as error:
-        raise ServeError(f"Cannot serve on {host}:{port} ({error.strerror}); choose another --port.") from None
+        reason = error.strerror or str(error)
+        raise ServeError(f"Cannot serve on {host}:{port} ({reason}); check --host and --port.") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if type(error).__name__ == "SaveFailed":  # Orbax's threads would keep the process alive
                 _exit_at_once(error.exit_code)
             return error.exit_code
+        except OSError as error:  # a workdir file made unwritable mid-run, or a full disk
+            log.error("Cannot write %s (%s); the checkpoints saved before it are intact.", error.filename or "a file",
+                      error.strerror or error)
+            return 1
     return 0
 
 

@@ -24,6 +24,7 @@ from jaxmnist.errors import UserError
 RUN_MARKER = {"written_by": "jaxmnist"}
 LOCK_FILE = ".jaxmnist.lock"
 # Everything a run and its tools write, and so everything --restart may remove; nothing else.
+FOLDERS = {"checkpoints", "damaged-checkpoints", "tensorboard", "eval", "plots"}  # the other outputs are files
 RUN_OUTPUTS = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "tensorboard", "eval", "plots", "config.json")
 
 _DEFAULTS = Config().recipe_dict()  # what a run recorded before a setting existed meant
@@ -46,6 +47,11 @@ def check_workdir(workdir: str) -> Path:
             raise WorkdirError(f"--workdir {workdir} is not writable.")
         if not is_run(path) and not _only_empty_leftovers(path):
             raise WorkdirError(f"--workdir {workdir} holds files that are not a jaxmnist run; give an empty or new folder.")
+        for name in RUN_OUTPUTS:
+            target = path / name
+            if target.exists() and target.is_dir() != (name in FOLDERS):
+                kind = "folder" if name in FOLDERS else "file"
+                raise WorkdirError(f"{target} should be a {kind}; move it away and run again.")
         return path
     parent = next(p for p in path.parents if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
@@ -101,27 +107,29 @@ def exclusive(path: Path) -> Iterator[None]:
     """Hold the workdir's lock for a whole run: a second writer is refused at once, in one sentence.
 
     The operating system's own lock (flock): it dies with the process that held it, so a killed run
-    never blocks the next. The file keeps who holds it, for the message.
+    never blocks the next. The file keeps who holds it, for the message. It is opened without
+    following a symbolic link, so a link planted there never leads the run to overwrite its target.
     """
     lock_path = path / LOCK_FILE
-    handle = open(lock_path, "a+")
+    if lock_path.is_symlink() or lock_path.is_dir():
+        raise WorkdirError(f"{lock_path} is a link or a folder, not jaxmnist's lock file; move it away and run again.")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # no link, even one made now
     except OSError as error:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        if error.errno in (errno.EAGAIN, errno.EACCES):
-            raise WorkdirError(f"--workdir {path} is in use by another jaxmnist run ({holder}); wait for it to "
-                               "finish, or use another --workdir.") from None
-        raise WorkdirError(f"--workdir {path} cannot be locked ({error.strerror}).") from None
-    try:
+        raise WorkdirError(f"{lock_path} cannot be opened ({error.strerror}).") from None
+    with os.fdopen(descriptor, "r+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = handle.read().strip() or "another process"
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                raise WorkdirError(f"--workdir {path} is in use by another jaxmnist run ({holder}); wait for it to "
+                                   "finish, or use another --workdir.") from None
+            raise WorkdirError(f"--workdir {path} cannot be locked ({error.strerror}).") from None
         handle.truncate(0)
         handle.write(f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
-        yield
-    finally:
-        handle.close()  # releases the lock; the file stays, harmless and reused
+        yield  # closing the file releases the lock; the file stays, harmless and reused
 
 
 def discard_previous_run(path: Path) -> list[str]:

@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(error, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("Stopped.", file=sys.stderr)
+        return 130
     print(f"Wrote curves.png, samples.png, confusion.png and errors.png to {out}")
     return 0
 

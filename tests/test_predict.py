@@ -136,3 +136,29 @@ def test_onnx_export_agrees_with_jax(trained, tmp_path):
     assert record["onnx"]["max_abs_difference_vs_jax"] < 1e-5
     session = onnxruntime.InferenceSession(str(tmp_path / "exported" / "mnist.onnx"), providers=["CPUExecutionProvider"])
     assert session.run(None, {"images": np.zeros((3, 28, 28), np.uint8)})[0].shape == (3, 10)
+
+
+def test_a_pipe_and_an_oversized_picture_are_one_line_each(trained, tmp_path, capsys, monkeypatch):
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    Image.new("L", (100, 100), 255).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is a decompression bomb now
+    capsys.readouterr()
+    assert predict.main(["--workdir", str(trained), str(tmp_path / "pipe"), str(tmp_path / "huge.png")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"{tmp_path / 'pipe'} is not a regular file (a pipe or a device).",
+        f"{tmp_path / 'huge.png'} is too large to be a picture of one digit (more than 1,000 pixels).",
+    ]
+
+
+def test_export_never_overwrites_files_it_did_not_write(trained, tmp_path):
+    from jaxmnist.export import ExportError, export_model
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "export.json").write_text('{"my": "notes"}')
+    with pytest.raises(ExportError, match="holds files this command did not write"):
+        export_model(trained, tmp_path / "mine")
+    assert (tmp_path / "mine" / "export.json").read_text() == '{"my": "notes"}'
+    export_model(trained, tmp_path / "ours")
+    export_model(trained, tmp_path / "ours")  # its own earlier export is replaced

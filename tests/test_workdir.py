@@ -239,3 +239,39 @@ def test_a_stop_during_start_up_is_one_line(idx_dir, tmp_path, signum, delay):
     assert process.returncode == 128 + signum and err.strip().splitlines() == [
         "Stopped before training started; run the same command to start again."], err
     assert not (tmp_path / "run" / "checkpoints").exists()  # and the next run starts afresh
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(idx_dir, tmp_path, capsys):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("mine\n")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / LOCK_FILE).symlink_to(victim)
+    assert train.main(["--idx-dir", str(idx_dir), "--workdir", str(workdir), "--epochs", "1", *SMALL]) == 1
+    assert _one_error_line(capsys) == (
+        f"{workdir / LOCK_FILE} is a link or a folder, not jaxmnist's lock file; move it away and run again.")
+    assert victim.read_text() == "mine\n"
+
+
+def test_an_output_of_the_wrong_kind_is_refused_before_any_work(finished_run, idx_dir, capsys):
+    (finished_run / "metrics.jsonl").unlink()
+    (finished_run / "metrics.jsonl").mkdir()
+    capsys.readouterr()
+    assert train.main(["--idx-dir", str(idx_dir), "--workdir", str(finished_run), "--epochs", "2", *SMALL]) == 1
+    assert _one_error_line(capsys) == f"{finished_run / 'metrics.jsonl'} should be a file; move it away and run again."
+
+
+def test_an_epoch_record_torn_by_a_kill_comes_back_from_its_checkpoint(finished_run, idx_dir):
+    path = finished_run / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[-1])["kind"] == "epoch"
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])  # killed while writing epoch 1's record
+    assert train.main(["--idx-dir", str(idx_dir), "--workdir", str(finished_run), "--epochs", "2", *SMALL]) == 0
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+
+
+def test_binary_junk_at_the_end_of_the_metrics_is_a_torn_line(finished_run, idx_dir):
+    with (finished_run / "metrics.jsonl").open("ab") as file:
+        file.write(b"\xff\xfe\x00junk")
+    assert train.main(["--idx-dir", str(idx_dir), "--workdir", str(finished_run), "--epochs", "2", *SMALL]) == 0
