@@ -26,6 +26,7 @@ def quiet_libraries() -> None:
     reaches the user as an exception, turned into our own one sentence."""
     logging.getLogger("absl").setLevel(logging.CRITICAL)
     logging.getLogger("tensorboardX").setLevel(logging.ERROR)  # "NaN found": the run says so itself
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # Orbax's tasks after a failed save
     with contextlib.suppress(ImportError):
         from absl import logging as absl_logging
 
