@@ -176,6 +176,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def checkpoint_parser(prog: str, description: str) -> OneLineParser:
+    """The start of every command that uses a trained checkpoint: --workdir and --step."""
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
+    parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
+    return parser
+
+
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser with one --flag per Config field; unknown flags are errors."""
     parser = OneLineParser(prog=prog, description=description, epilog=EXAMPLES,

@@ -18,7 +18,7 @@ import numpy as np
 from jaxmnist import data
 from jaxmnist.augment import normalize
 from jaxmnist.checkpoint import CheckpointError, Checkpoints
-from jaxmnist.config import OneLineParser
+from jaxmnist.config import checkpoint_parser
 from jaxmnist.loops import evaluate, stack_batches
 from jaxmnist.model import CNN
 from jaxmnist.reporting import log, run_command, setup_console
@@ -204,10 +204,8 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, evaluate, print; every expected failure is one line and exit 1."""
-    parser = OneLineParser(prog="python -m jaxmnist.evaluate", description="Restore a checkpoint and analyse its "
+    parser = checkpoint_parser(prog="python -m jaxmnist.evaluate", description="Restore a checkpoint and analyse its "
                            "errors on the 10,000 test images.")
-    parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
-    parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's own data source)")
     parser.add_argument("--idx-dir", default=None, help="read the MNIST IDX files from here instead of TFDS")
     args = parser.parse_args(argv)

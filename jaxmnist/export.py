@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from jaxmnist.config import OneLineParser
+from jaxmnist.config import checkpoint_parser
 from jaxmnist.errors import UserError
 from jaxmnist.reporting import log, run_command, setup_console
 
@@ -141,10 +141,8 @@ def _version(package: str) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m jaxmnist.export", description="Export a trained model to run without "
+    parser = checkpoint_parser(prog="python -m jaxmnist.export", description="Export a trained model to run without "
                            "jaxmnist: a jax.export artifact, and ONNX with --onnx.")
-    parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
-    parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
     parser.add_argument("--out", required=True, help="the folder to write the artifacts into")
     parser.add_argument("--onnx", action="store_true", help="also write mnist.onnx (needs jaxmnist[onnx])")
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxmnist.config import OneLineParser
+from jaxmnist.config import checkpoint_parser
 from jaxmnist.prepare import NotADigit, load_picture, prepare_digit
 from jaxmnist.reporting import log, run_command, setup_console
 
@@ -28,11 +28,9 @@ def top_three(probabilities: np.ndarray) -> list[tuple[int, float]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m jaxmnist.predict", description="Read the digit in each picture with a "
+    parser = checkpoint_parser(prog="python -m jaxmnist.predict", description="Read the digit in each picture with a "
                            "trained model; pictures are prepared as MNIST's digits were.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files of one digit each")
-    parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
-    parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object per picture instead of a line")
     args = parser.parse_args(argv)
     setup_console()

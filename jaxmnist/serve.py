@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from jaxmnist.config import OneLineParser
+from jaxmnist.config import checkpoint_parser
 from jaxmnist.errors import UserError
 from jaxmnist.reporting import log, run_command, setup_console
 
@@ -77,10 +77,8 @@ def _check_port(host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m jaxmnist.serve", description="Serve a local page where you draw a digit and "
+    parser = checkpoint_parser(prog="python -m jaxmnist.serve", description="Serve a local page where you draw a digit and "
                            "the model reads it as you draw.")
-    parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
-    parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=_port, default=8000, help="the port, 1-65535 (default: %(default)s)")
     args = parser.parse_args(argv)
