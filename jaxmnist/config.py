@@ -61,7 +61,7 @@ class Config:
     weight_decay: float = _recipe(0.0, "decoupled weight decay of the kernels (optax.adamw, biases exempt); 0 = the "
                                   "lab's plain Adam", "RATE")
     seed: int = _recipe(0, "the one seed every random stream (init, shuffle, augmentation) derives from; "
-                        f"0 to 2**64-1", "N")
+                        "0 to 2**64-1", "N")
     eval_batch_size: int = _recipe(500, "test images per evaluation batch (the last one is padded)", "N")
     loop: str = _recipe(
         "auto",

@@ -5,7 +5,6 @@ one seed gives bit-identical numbers twice, a SIGKILL and resume is bit-identica
 evaluate reproduces the logged count.
 """
 
-import json
 import os
 import subprocess
 import sys

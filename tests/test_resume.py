@@ -1,6 +1,5 @@
 """Never lose work: real subprocess runs killed, interrupted, diverging, and resumed."""
 
-import json
 import os
 import shutil
 import signal
