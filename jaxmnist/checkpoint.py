@@ -31,6 +31,8 @@ class SaveFailed(CheckpointError):
     """A save could not be written (unwritable folder, full disk). Orbax's background threads then
     wait forever for the commit that never comes, so the process must end without joining them."""
 
+    leaves_threads_behind = True
+
 
 def _rank(metrics: dict[str, Any]) -> tuple[float, int]:
     # Higher accuracy wins; on a tie the earlier epoch stays best, as the lab's "acc > best".

@@ -7,3 +7,6 @@ class UserError(Exception):
     """An expected failure: the message says what is wrong and what to do; exit_code is the status."""
 
     exit_code = 1
+    # True when library threads are left waiting forever, so the command must end without the
+    # interpreter's clean-up (which would join them) once the sentence is printed.
+    leaves_threads_behind = False

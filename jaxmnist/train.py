@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train_and_evaluate(config, stop=stop)
         except UserError as error:
             log.error("%s", error)
-            if type(error).__name__ == "SaveFailed":  # Orbax's threads would keep the process alive
+            if error.leaves_threads_behind:  # a failed save: Orbax's threads would keep the process alive
                 _exit_at_once(error.exit_code)
             return error.exit_code
         except OSError as error:  # a workdir file made unwritable mid-run, or a full disk
