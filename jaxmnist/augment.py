@@ -49,10 +49,11 @@ def rotate(images: jax.Array, degrees: jax.Array) -> jax.Array:
 
 def draw_transforms(key: jax.Array, batch: int, max_degrees: float, max_shift: int) -> tuple[jax.Array, jax.Array]:
     """One angle uniform in [-max, +max] degrees and one integer shift uniform in [-max_shift,
-    +max_shift] per axis, for every image. The angle uses key itself, so the lab's draws do not
+    +max_shift] per axis, for every image; each from its own split of key, so the angles do not
     depend on whether translation is on."""
-    degrees = jax.random.uniform(key, (batch,), minval=-max_degrees, maxval=max_degrees)
-    shifts = jax.random.randint(jax.random.fold_in(key, 1), (batch, 2), -max_shift, max_shift + 1)
+    angle_key, shift_key = jax.random.split(key)
+    degrees = jax.random.uniform(angle_key, (batch,), minval=-max_degrees, maxval=max_degrees)
+    shifts = jax.random.randint(shift_key, (batch, 2), -max_shift, max_shift + 1)
     return degrees, shifts
 
 

@@ -1,9 +1,10 @@
 """Orbax checkpoints of a run: the best by test accuracy and the latest, side by side.
 
-The only module that imports orbax. Each checkpoint holds four items, so that evaluation can
-restore the parameters alone:
-    params     the model's parameters
-    opt_state  Adam's moments and step count
+The only module that imports orbax. Each checkpoint holds four or five items, so that
+evaluation can restore the model alone:
+    params       the model's parameters
+    batch_stats  BatchNorm's running statistics, for models that have them
+    opt_state    Adam's moments and step count
     progress   the global step and this epoch's running train-loss sums (exact resume mid-epoch)
     meta       JSON: epoch, step, test metrics (at epoch ends), and the run's config
 """
@@ -100,8 +101,10 @@ class Checkpoints:
 
     def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None) -> None:
         """Start an asynchronous save; metrics (test accuracy) make it a candidate for best."""
+        model_state = {"batch_stats": ocp.args.StandardSave(state.batch_stats)} if state.batch_stats else {}
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
+            **model_state,
             opt_state=ocp.args.StandardSave(state.opt_state),
             progress=ocp.args.StandardSave(progress),
             meta=ocp.args.JsonSave(meta),
@@ -127,23 +130,33 @@ class Checkpoints:
         except Exception as error:  # noqa: BLE001 - any failure here means an unreadable checkpoint
             raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged ({_reason(error)}).") from None
 
-    def restore_params(self, step: int, target=None) -> tuple[Any, dict[str, Any]]:
-        """The parameters and the meta of one step. target (abstract arrays with shardings) says
-        where they go; without one Orbax needs the topology the checkpoint was written on."""
-        items = self._restore(step, params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-        return items.params, items.meta
+    def restore_variables(self, step: int, target=None) -> tuple[Any, dict[str, Any]]:
+        """The model's variables ({"params": ..., and "batch_stats" where it has them}) and the meta
+        of one step. target (variables as abstract arrays with shardings) says where they go;
+        without one Orbax needs the topology the checkpoint was written on."""
+        target = target or {}
+        model_state = {"batch_stats": ocp.args.StandardRestore(target.get("batch_stats"))} if self._has_batch_stats(step) else {}
+        items = self._restore(step, params=ocp.args.StandardRestore(target.get("params")), **model_state,
+                              meta=ocp.args.JsonRestore())
+        return {"params": items.params} | ({"batch_stats": items.batch_stats} if model_state else {}), items.meta
+
+    def _has_batch_stats(self, step: int) -> bool:
+        return (self.directory / str(step) / "batch_stats").is_dir()
 
     def restore(self, step: int, state, progress) -> tuple[Any, Any, dict[str, Any]]:
         """Everything needed to resume: state and progress shaped like the given templates."""
         abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
+        model_state = {"batch_stats": ocp.args.StandardRestore(abstract(state.batch_stats))} if state.batch_stats else {}
         items = self._restore(
             step,
             params=ocp.args.StandardRestore(abstract(state.params)),
+            **model_state,
             opt_state=ocp.args.StandardRestore(abstract(state.opt_state)),
             progress=ocp.args.StandardRestore(abstract(progress)),
             meta=ocp.args.JsonRestore(),
         )
-        state = state.replace(step=items.progress["step"], params=items.params, opt_state=items.opt_state)
+        state = state.replace(step=items.progress["step"], params=items.params, opt_state=items.opt_state,
+                              batch_stats=items.batch_stats if model_state else state.batch_stats)
         return state, items.progress, items.meta
 
     def _restore(self, step: int, **items):

@@ -42,6 +42,8 @@ class Config:
     """One training run. The defaults are the lab's recipe."""
 
     # --- the recipe ------------------------------------------------------------------------------
+    model: str = _recipe("lab", "the network (jaxmnist/models): lab (the lab's two-conv CNN) or resnet (a small "
+                         "residual network with BatchNorm)", "{lab,resnet}", choices=("lab", "resnet"))
     epochs: int = _recipe(5, "passes over the 60,000 training images", "N")
     batch_size: int = _recipe(64, "training images per step; the last, smaller batch of an epoch is kept", "N")
     lr: float = _recipe(1e-3, "Adam's learning rate before any decay", "RATE")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ from jaxmnist.augment import normalize
 from jaxmnist.checkpoint import CheckpointError, Checkpoints
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.loops import evaluate, stack_batches
-from jaxmnist.model import CNN
+from jaxmnist.models import build_model
 from jaxmnist.reporting import log, run_command, setup_console
 
 
@@ -40,8 +40,35 @@ def resolve_step(checkpoints: Checkpoints, step: str) -> int:
     return int(step)
 
 
-def restore_params(workdir: str | Path, step: str = "best") -> tuple[Any, dict[str, Any], int]:
-    """The parameters of one checkpoint, checked against the model; with its meta and step number."""
+class RestoredModel(NamedTuple):
+    """A trained model: the module its run recorded, its variables, the checkpoint's meta and step."""
+
+    model: Any  # a flax.linen Module
+    variables: dict[str, Any]  # {"params": ...} and, for models with BatchNorm, "batch_stats"
+    meta: dict[str, Any]
+    step: int
+
+
+def _first_difference(expected: Any, saved: Any) -> str:
+    """The first parameter whose shape differs, in words, or the first missing or extra one."""
+    def shapes(tree) -> dict[str, tuple]:  # "conv1/kernel" -> (5, 5, 1, 16)
+        leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, tuple))
+        return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf) for path, leaf in leaves}
+
+    expected, saved = shapes(jax.tree.map(lambda x: tuple(x.shape), expected)), shapes(saved)
+    for name in sorted(set(expected) | set(saved)):
+        if name not in saved:
+            return f"the model has {name} {expected[name]}, the checkpoint has none"
+        if name not in expected:
+            return f"the checkpoint has {name} {saved[name]}, the model has none"
+        if expected[name] != saved[name]:
+            return f"{name} is {expected[name]} in the model and {saved[name]} in the checkpoint"
+    return ""
+
+
+def restore_model(workdir: str | Path, step: str = "best") -> RestoredModel:
+    """The model of one checkpoint, built from the config its run recorded and checked against the
+    saved shapes; with its meta and step number."""
     if not str(workdir).strip():
         raise CheckpointError("--workdir must name a training run's folder (it is empty: an unset shell variable?).")
     workdir = Path(workdir)
@@ -51,26 +78,27 @@ def restore_params(workdir: str | Path, step: str = "best") -> tuple[Any, dict[s
         raise CheckpointError(f"--workdir {workdir} does not exist.")
     checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
     number = resolve_step(checkpoints, step)
-    expected = jax.eval_shape(lambda: CNN().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"])
-    if checkpoints.param_shapes(number) != jax.tree.map(lambda x: tuple(x.shape), expected):
-        raise CheckpointError(
-            f"Checkpoint step {number} in {workdir} holds parameters of another model, not the lab's 28,938-parameter CNN."
-        )
+    model = build_model(checkpoints.meta(number)["config"])
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+    difference = _first_difference(expected["params"], checkpoints.param_shapes(number))
+    if difference:
+        raise CheckpointError(f"Checkpoint step {number} in {workdir} belongs to another model ({difference}): the model's "
+                              "code has changed since that run; train it with --restart or another --workdir.")
     # Onto this process's first device, whatever mesh the checkpoint was written from.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), expected)
     try:
-        params, meta = checkpoints.restore_params(number, target)
+        variables, meta = checkpoints.restore_variables(number, target)
     except CheckpointError:
         checkpoints.reload()
         if number in checkpoints.steps():
             raise
         # Not damaged: a run training in this workdir replaced it while it was read.
         if step in ("best", "latest"):
-            return restore_params(workdir, step)
+            return restore_model(workdir, step)
         raise CheckpointError(f"Checkpoint step {number} in {workdir} was removed by the run training there "
                               "while it was read; use --step best or latest.") from None
-    return params, meta, number
+    return RestoredModel(model, variables, meta, number)
 
 
 def read_run(workdir: str | Path) -> dict[str, Any]:
@@ -100,12 +128,13 @@ def load_model(workdir: str | Path, step: str = "best") -> Callable[..., np.ndar
     silently: scale="pixels" (0..255), "unit" (0..1, the usual float form) or "normalized" (the
     lab's (x/255 - 0.1307) / 0.3081).
     """
-    return predictor(restore_params(workdir, step)[0])
+    restored = restore_model(workdir, step)
+    return predictor(restored.model, restored.variables)
 
 
-def predictor(params) -> Callable[..., np.ndarray]:
-    """load_model's predict function for parameters already restored."""
-    forward = jax.jit(lambda images: jax.nn.softmax(CNN().apply({"params": params}, images)))
+def predictor(model, variables) -> Callable[..., np.ndarray]:
+    """load_model's predict function for a model whose variables are already restored."""
+    forward = jax.jit(lambda images: jax.nn.softmax(model.apply(variables, images)))
 
     def predict(images: np.ndarray, scale: str | None = None) -> np.ndarray:
         images = np.asarray(images)
@@ -157,13 +186,13 @@ def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.M
                         data_dir: str | None = None, idx_dir: str | None = None) -> dict[str, Any]:
     """Evaluate one checkpoint on every test image: the report that write_report saves. dataset
     (with data_dir or idx_dir naming it) replaces the run's own data."""
-    params, meta, number = restore_params(workdir, step)
+    model, variables, meta, number = restore_model(workdir, step)
     if dataset is None:
         dataset, source = load_run_data(meta["config"], data_dir, idx_dir)
     else:
         source = data.describe(dataset, data_dir, idx_dir)
     batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, meta["config"].get("eval_batch_size", 500)))
-    totals, probabilities = evaluate(params, batches)
+    totals, probabilities = evaluate(model, variables, batches)
     count = int(totals.count)
     return {
         "step": number, "epoch": meta["epoch"], "correct": int(totals.correct), "test_images": count,

@@ -35,16 +35,18 @@ class ExportError(UserError):
     """The model cannot be exported as asked; the message is one sentence."""
 
 
-def probabilities_function(params) -> Callable:
-    """uint8 images [N, 28, 28] -> probabilities [N, 10], with the parameters inside. The layers'
-    textbook formulation (not the CPU's fast one), so that one artifact lowers for every platform."""
+def probabilities_function(model, variables) -> Callable:
+    """uint8 images [N, 28, 28] -> probabilities [N, 10], with the variables inside. Traced with
+    the layers' textbook forms (not the CPU's fast one), so that one artifact lowers for every
+    platform and converters meet plain lax primitives only."""
     import jax
 
     from jaxmnist.augment import normalize
-    from jaxmnist.model import CNN
+    from jaxmnist.models.layers import textbook_forms
 
     def probabilities(images):
-        return jax.nn.softmax(CNN(platform="portable").apply({"params": params}, normalize(images)))
+        with textbook_forms():
+            return jax.nn.softmax(model.apply(variables, normalize(images)))
 
     return probabilities
 
@@ -55,12 +57,12 @@ def export_model(workdir: str | Path, out: str | Path, step: str = "best", onnx:
     import jax.numpy as jnp
     from jax import export
 
-    from jaxmnist.evaluate import restore_params
+    from jaxmnist.evaluate import restore_model
 
     _check_out(out)
     out = Path(out)
-    params, meta, number = restore_params(workdir, step)
-    forward = probabilities_function(params)
+    model, variables, meta, number = restore_model(workdir, step)
+    forward = probabilities_function(model, variables)
     (batch,) = export.symbolic_shape("batch")
     with jax.default_matmul_precision("highest"):  # the float32 arithmetic the model was trained in
         exported = export.export(jax.jit(forward), platforms=PLATFORMS)(jax.ShapeDtypeStruct((batch, 28, 28), jnp.uint8))

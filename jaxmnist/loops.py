@@ -4,8 +4,8 @@ The whole dataset lives on the device; a batch is a gather of 64 indices, so the
 small integer per step and never touches pixels. Two drivers run the same step body:
 - python: a Python loop of one jitted step per batch. XLA:CPU runs while-loops about 25x slower
   than this (BENCHMARKS.md), so this is the CPU's driver.
-- device: every step between two log points inside one compiled fori_loop, which removes the
-  per-step host round trip that dominates on a GPU.
+- device: every step between two log points inside one compiled loop of fixed length, which
+  removes the per-step host round trip that dominates on a GPU.
 """
 
 from __future__ import annotations
@@ -72,9 +72,11 @@ def select_batch(data: DeviceDataset, order: EpochOrder, index, batch_sharding=N
     return _constrain(Batch(data.images[ids], data.labels[ids], order.mask[index]), batch_sharding)
 
 
-def _step_body(state, totals: TrainTotals, data: DeviceDataset, order: EpochOrder, index, augment_key,
+def _step_body(state, totals: TrainTotals, data: DeviceDataset, order: EpochOrder, augment_key,
                options: StepOptions, batch_sharding):
-    batch = select_batch(data, order, index, batch_sharding)
+    # Which batch of the epoch comes next follows from the step count the state carries: nothing
+    # goes from the host to the device per step.
+    batch = select_batch(data, order, state.step % order.indices.shape[0], batch_sharding)
     # Keyed by the global step, so a resumed run draws exactly the angles it would have drawn.
     state, loss = train_step(state, batch, jax.random.fold_in(augment_key, state.step), options)
     real = jnp.sum(batch.mask)
@@ -91,38 +93,42 @@ def one_program_at_a_time(batch_sharding) -> bool:
     XLA:CPU runs every device's share of a program on a thread pool sized by the cores. With
     several programs in flight, devices waiting in one step's all-reduce can hold the threads that
     another device needs to reach it, and XLA aborts after 40 s (seen with 4 devices on 1 core, and
-    on the 2-core AVX2-only machine type). Waiting for each program before dispatching the next avoids it, at no
-    cost on one device, where it is never done.
+    on a 2-core AMD EPYC with AVX2 only). Waiting for each program before dispatching the next
+    avoids it, at no cost on one device, where it is never done.
     """
     devices = () if batch_sharding is None else batch_sharding.device_set
     return len(devices) > 1 and next(iter(devices)).platform == "cpu"
 
 
-def run_steps_python(state, totals, data, order, start: int, stop: int, augment_key, options: StepOptions, batch_sharding=None):
-    """Steps start..stop-1 of the epoch, one jitted call each; returns the last step's loss."""
+def run_steps_python(state, totals, data, order, num_steps: int, augment_key, options: StepOptions, batch_sharding=None):
+    """The epoch's next num_steps steps, one jitted call each; returns the last step's loss."""
     loss, lockstep = None, one_program_at_a_time(batch_sharding)
-    for index in range(start, stop):
-        state, totals, loss = _jitted_step(state, totals, data, order, index, augment_key,
+    for _ in range(num_steps):
+        state, totals, loss = _jitted_step(state, totals, data, order, augment_key,
                                            options=options, batch_sharding=batch_sharding)
         if lockstep:
             jax.block_until_ready(loss)
     return state, totals, loss
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state", "totals"))
-def run_steps_device(state, totals, data, order, start, stop, augment_key, options: StepOptions, batch_sharding=None):
-    """Steps start..stop-1 of the epoch in one compiled loop; returns the last step's loss."""
+@functools.partial(jax.jit, static_argnames=("num_steps", *_STATIC), donate_argnames=("state", "totals"))
+def run_steps_device(state, totals, data, order, num_steps: int, augment_key, options: StepOptions, batch_sharding=None):
+    """The epoch's next num_steps steps in one compiled loop; returns the last step's loss.
 
-    def body(index, carry):
+    num_steps is static, so XLA knows the loop's trip count: a GPU then runs the whole loop
+    without asking the host whether to go on after each step. Each chunk length compiles once
+    (a lab epoch has three: 1, log_every and the epoch's tail)."""
+
+    def body(_, carry):
         state, totals, _ = carry
-        return _step_body(state, totals, data, order, index, augment_key, options, batch_sharding)
+        return _step_body(state, totals, data, order, augment_key, options, batch_sharding)
 
     carry = (state, totals, jnp.zeros((), jnp.float32))
-    return jax.lax.fori_loop(start, stop, body, carry)
+    return jax.lax.fori_loop(0, num_steps, body, carry)
 
 
 def make_runner(loop: str, platform: str, options: StepOptions, batch_sharding=None) -> RunSteps:
-    """run_steps(state, totals, data, order, start, stop, augment_key) for --loop: auto picks the
+    """run_steps(state, totals, data, order, num_steps, augment_key) for --loop: auto picks the
     Python loop on CPU and the compiled loop elsewhere."""
     if loop == "auto":
         loop = "python" if platform == "cpu" else "device"
@@ -151,17 +157,18 @@ def stack_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Ba
     )
 
 
-@functools.partial(jax.jit, static_argnames="batch_sharding")
-def _eval_batch(params, batches: Batch, index, batch_sharding=None) -> tuple[EvalTotals, jax.Array]:
-    return eval_step(params, _constrain(jax.tree.map(lambda x: x[index], batches), batch_sharding))
+@functools.partial(jax.jit, static_argnames=("model", "batch_sharding"))
+def _eval_batch(model, variables, batches: Batch, index, batch_sharding=None) -> tuple[EvalTotals, jax.Array]:
+    return eval_step(model, variables, _constrain(jax.tree.map(lambda x: x[index], batches), batch_sharding))
 
 
-def evaluate(params, batches: Batch, batch_sharding=None, with_probabilities: bool = True):
-    """Forward pass over every batch: summed totals, and (unless not wanted) the probabilities
-    [N, 10] of the real images."""
+def evaluate(model, variables, batches: Batch, batch_sharding=None, with_probabilities: bool = True):
+    """Forward pass of model with variables over every batch: summed totals, and (unless not
+    wanted) the probabilities [N, 10] of the real images."""
     totals, probabilities, lockstep = None, [], one_program_at_a_time(batch_sharding)
-    for index in range(batches.images.shape[0]):
-        batch_totals, batch_probabilities = _eval_batch(params, batches, index, batch_sharding=batch_sharding)
+    # The batch numbers go to the device once, not one implicit transfer per batch.
+    for index in jax.device_put(np.arange(batches.images.shape[0], dtype=np.int32)):
+        batch_totals, batch_probabilities = _eval_batch(model, variables, batches, index, batch_sharding=batch_sharding)
         if lockstep:
             jax.block_until_ready(batch_totals)
         totals = batch_totals if totals is None else jax.tree.map(jnp.add, totals, batch_totals)

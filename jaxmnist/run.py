@@ -25,6 +25,7 @@ from jaxmnist.config import Config
 from jaxmnist.dashboard import Dashboard
 from jaxmnist.errors import UserError
 from jaxmnist.loops import DeviceDataset, TrainTotals, epoch_order, evaluate, make_runner, stack_batches
+from jaxmnist.models import build_model
 from jaxmnist.reporting import MetricsLog, Progress, epoch_line, log, train_line, write_config
 from jaxmnist.steps import StepOptions, create_train_state, derive_keys, learning_rate_schedule, steps_per_epoch
 from jaxmnist.stopping import StopRequest, exit_code, stop_on_signals
@@ -180,7 +181,8 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
             epoch, index = step // num_steps + 1, step % num_steps  # the epoch being trained, its next batch
             if step and index == 0 and not evaluated:  # epoch - 1 has just ended
                 progress.close()
-                record = _evaluate_epoch(epoch - 1, step, state, totals, test_batches, batch_sharding, schedule, epoch_clock)
+                record = _evaluate_epoch(config, epoch - 1, step, state, totals, test_batches, batch_sharding, schedule,
+                                         epoch_clock)
                 metrics.write(record)
                 records.append(record)
                 log.info(epoch_line(record))
@@ -208,7 +210,7 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
                 order_epoch = epoch
                 progress.start(epoch, num_train, min(index * config.batch_size, num_train))
             stop_index = next_boundary(index, num_steps, config.log_every)
-            state, totals, loss = run_steps(state, totals, train_set, order, index, stop_index, keys.augment)
+            state, totals, loss = run_steps(state, totals, train_set, order, stop_index - index, keys.augment)
             step += stop_index - index
             progress.advance(min(stop_index * config.batch_size, num_train) - min(index * config.batch_size, num_train))
             evaluated = False
@@ -238,10 +240,10 @@ class _EpochClock:
         self.images_before = images_before
 
 
-def _evaluate_epoch(epoch, step, state, totals, test_batches, batch_sharding, schedule, clock: _EpochClock) -> dict[str, Any]:
+def _evaluate_epoch(config, epoch, step, state, totals, test_batches, batch_sharding, schedule, clock: _EpochClock) -> dict[str, Any]:
     jax.block_until_ready(state)  # the device may still be training: time it, not the dispatch
     train_seconds = time.perf_counter() - clock.start
-    eval_totals, _ = evaluate(state.params, test_batches, batch_sharding, with_probabilities=False)
+    eval_totals, _ = evaluate(build_model(config), state.variables(), test_batches, batch_sharding, with_probabilities=False)
     totals, eval_totals = jax.device_get((totals, eval_totals))
     count = int(eval_totals.count)
     record = {

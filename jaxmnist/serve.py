@@ -94,10 +94,10 @@ def _serve(args) -> None:
         raise ServeError("The drawing page needs starlette and uvicorn: pip install -e '.[serve]' in the jaxmnist "
                          "checkout.") from None
     _check_port(args.host, args.port)
-    from jaxmnist.evaluate import predictor, restore_params
+    from jaxmnist.evaluate import predictor, restore_model
 
-    params, meta, step = restore_params(args.workdir, args.step)
-    app = create_app(predictor(params), {"workdir": str(Path(args.workdir)), "step": step, "epoch": meta["epoch"]})
+    model, variables, meta, step = restore_model(args.workdir, args.step)
+    app = create_app(predictor(model, variables), {"workdir": str(Path(args.workdir)), "step": step, "epoch": meta["epoch"]})
     log.info("The drawing page of %s (step %d) is at http://%s:%d/ ; Ctrl-C stops it.",
              args.workdir, step, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -6,8 +6,9 @@ reuses eval_step, so training and evaluation measure the same thing.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -15,7 +16,7 @@ from flax.training import train_state
 
 from jaxmnist.augment import normalize, random_transform
 from jaxmnist.config import Config
-from jaxmnist.model import CNN
+from jaxmnist.models import build_model
 
 
 class Batch(NamedTuple):
@@ -46,6 +47,16 @@ class Keys(NamedTuple):
     augment: jax.Array  # folded with the global step
 
 
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus the model's BatchNorm statistics ({} for models without BatchNorm)."""
+
+    batch_stats: Any = None
+
+    def variables(self) -> dict[str, Any]:
+        """What model.apply takes: the parameters, and the statistics where the model has them."""
+        return {"params": self.params} | ({"batch_stats": self.batch_stats} if self.batch_stats else {})
+
+
 class EvalTotals(NamedTuple):
     """Sums over the real images of a batch (or a whole test set)."""
 
@@ -60,7 +71,7 @@ def derive_keys(seed: int) -> Keys:
     root = jax.random.key(seed & 0xFFFFFFFF)
     if seed >> 32:
         root = jax.random.fold_in(root, seed >> 32)
-    return Keys(*(jax.random.fold_in(root, i) for i in range(len(Keys._fields))))
+    return Keys(*jax.random.split(root, len(Keys._fields)))
 
 
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
@@ -87,51 +98,61 @@ def learning_rate_schedule(config: Config, steps_in_epoch: int) -> optax.Schedul
     return lambda step: step_decay(step) * jnp.minimum(1.0, step / warmup)
 
 
-def create_train_state(config: Config, key: jax.Array, steps_in_epoch: int) -> train_state.TrainState:
-    """A fresh model (PyTorch-style init) with Adam(b1=0.9, b2=0.999, eps=1e-8) and the schedule;
-    AdamW when --weight-decay is set."""
-    model = CNN(dropout=config.dropout)
-    # Jitted: one compiled program instead of dozens of op-by-op ones (1.7 s -> 0.2 s at start-up).
-    params = jax.jit(model.init)(key, jnp.zeros((1, 28, 28, 1), jnp.float32))["params"]
+def init_variables(model: nn.Module, key: jax.Array) -> dict[str, Any]:
+    """A fresh model's variables: "params", and "batch_stats" where it has BatchNorm."""
+    # Jitted: one compiled program instead of dozens of op-by-op ones.
+    return jax.jit(model.init)(key, jnp.zeros((1, 28, 28, 1), jnp.float32))
+
+
+def create_train_state(config: Config, key: jax.Array, steps_in_epoch: int) -> TrainState:
+    """A fresh model of --model with Adam(b1=0.9, b2=0.999, eps=1e-8) and the schedule; AdamW when
+    --weight-decay is set."""
+    model = build_model(config)
+    variables = init_variables(model, key)
+    params = variables["params"]
     schedule = learning_rate_schedule(config, steps_in_epoch)
     if config.weight_decay:
         kernels_only = jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
         optimizer = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay, mask=kernels_only)
     else:  # the lab's optimizer, and its optimizer state's layout
         optimizer = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
-    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=optimizer, batch_stats=variables.get("batch_stats", {}))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Each image's cross-entropy [B] against its one-hot label, smoothed by optax.smooth_labels.
+
+    One-hot rather than optax's integer-label form: that one picks each label's log-probability
+    with a gather, whose gradient is a scatter-add, which XLA:GPU cannot compile in
+    deterministic mode without rewriting it."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)  # 0: plain one-hot
+    return optax.softmax_cross_entropy(logits, targets)
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Mean cross-entropy over the real images only (padding has mask 0), optionally against
-    labels smoothed by optax.smooth_labels."""
-    if label_smoothing:
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-        losses = optax.softmax_cross_entropy(logits, targets)  # [B]
-    else:
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # [B]
-    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    """Mean cross-entropy over the real images only (padding has mask 0)."""
+    return jnp.sum(cross_entropy(logits, labels, label_smoothing) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def train_step(
-    state: train_state.TrainState, batch: Batch, key: jax.Array, options: StepOptions
-) -> tuple[train_state.TrainState, jax.Array]:
+def train_step(state: TrainState, batch: Batch, key: jax.Array, options: StepOptions) -> tuple[TrainState, jax.Array]:
     """One Adam update on a batch, augmented on the device with key; returns the batch loss."""
-    images = normalize(random_transform(key, batch.images, options.rotation, options.translate))  # [B, 28, 28, 1]
-    dropout_key = jax.random.fold_in(key, 2)  # 0: angles, 1: shifts
+    augment_key, dropout_key = jax.random.split(key)
+    images = normalize(random_transform(augment_key, batch.images, options.rotation, options.translate))  # [B, 28, 28, 1]
 
     def loss_fn(params):
-        logits = state.apply_fn({"params": params}, images, train=True, rngs={"dropout": dropout_key})  # [B, 10]
-        return masked_cross_entropy(logits, batch.labels, batch.mask, options.label_smoothing)
+        logits, updates = state.apply_fn(  # logits [B, 10]; updates: the batch's new BatchNorm statistics
+            state.variables() | {"params": params}, images, train=True, rngs={"dropout": dropout_key},
+            mutable=["batch_stats"])
+        return masked_cross_entropy(logits, batch.labels, batch.mask, options.label_smoothing), updates
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    return state.apply_gradients(grads=grads), loss
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)), loss
 
 
-def eval_step(params, batch: Batch) -> tuple[EvalTotals, jax.Array]:
+def eval_step(model: nn.Module, variables: dict[str, Any], batch: Batch) -> tuple[EvalTotals, jax.Array]:
     """Forward only on unrotated images: the batch's totals and class probabilities [B, 10]."""
-    logits = CNN().apply({"params": params}, normalize(batch.images))
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)
+    logits = model.apply(variables, normalize(batch.images))
+    losses = cross_entropy(logits, batch.labels)
     hits = (jnp.argmax(logits, axis=-1) == batch.labels).astype(jnp.int32)
     totals = EvalTotals(
         loss_sum=jnp.sum(losses * batch.mask),

@@ -47,15 +47,15 @@ def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
     total = time.perf_counter() - start
     train_seconds = [r["train_seconds"] for r in records]
     steady = train_seconds[1:] or train_seconds  # epoch 1 also pays for compilation
-    from jaxmnist.evaluate import restore_params
+    from jaxmnist.evaluate import restore_model
 
-    params, _, _ = restore_params(config.workdir, "latest")
+    model, variables, _, _ = restore_model(config.workdir, "latest")
     batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size))
-    jax.block_until_ready(evaluate(params, batches))  # compile
+    jax.block_until_ready(evaluate(model, variables, batches))  # compile
     eval_seconds = []
     for _ in range(5):
         t = time.perf_counter()
-        jax.block_until_ready(evaluate(params, batches))
+        jax.block_until_ready(evaluate(model, variables, batches))
         eval_seconds.append(time.perf_counter() - t)
     device = jax.devices()[0]
     memory = device.memory_stats() if hasattr(device, "memory_stats") else None

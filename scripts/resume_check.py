@@ -35,7 +35,7 @@ def results(workdir: Path):
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     records = [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
     checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
-    return records, checkpoints.restore_params(checkpoints.latest_step())[0]
+    return records, checkpoints.restore_variables(checkpoints.latest_step())[0]["params"]
 
 
 def main() -> None:

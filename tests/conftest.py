@@ -68,7 +68,7 @@ def run_results(workdir: Path):
         for timing in ("train_seconds", "epoch_seconds", "images_per_second"):
             record.pop(timing, None)
     checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
-    return records, checkpoints.restore_params(checkpoints.latest_step())[0]
+    return records, checkpoints.restore_variables(checkpoints.latest_step())[0]["params"]
 
 
 @pytest.fixture

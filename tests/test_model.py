@@ -1,14 +1,22 @@
+import re
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
+import pytest
+from jax import lax
 
-from jaxmnist.model import CNN
-from jaxmnist.ops import max_pool_2x2
+from jaxmnist.config import Config
+from jaxmnist.models import MODELS, build_model
+from jaxmnist.models.lab import CNN
+from jaxmnist.models.layers import Conv, max_pool, relu, textbook_forms, torch_init
+from jaxmnist.models.resnet import ResNet
+from jaxmnist.steps import Batch, StepOptions, create_train_state, train_step
 
 
-def _params():
-    return CNN().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+def _params(model=None):
+    return (model or CNN()).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
 
 
 def test_parameter_count_and_layer_shapes_match_the_lab():
@@ -35,52 +43,111 @@ def test_initialisation_is_pytorch_uniform_within_one_over_sqrt_fan_in():
                 assert abs(values.std() - bound / np.sqrt(3)) < 0.1 * bound
 
 
-def test_reshape_pooling_equals_flax_max_pool():
-    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 16))
-    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+@pytest.mark.parametrize("shape", [(2, 28, 28, 16), (2, 7, 7, 64), (1, 5, 9, 3), (3, 2, 2, 1)])
+def test_max_pool_equals_flax_max_pool_for_any_shape_and_floors_odd_sizes(shape):
+    x = jax.random.normal(jax.random.key(1), shape)
+    pooled = max_pool(x)
+    np.testing.assert_array_equal(pooled, nn.max_pool(x, (2, 2), strides=(2, 2)))
+    assert pooled.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])  # PyTorch's MaxPool2d(2): 7 -> 3
+    np.testing.assert_array_equal(max_pool(x, 3), nn.max_pool(x, (3, 3), strides=(3, 3)))
 
 
-def test_shifted_conv_equals_lax_convolution_in_value_and_gradient():
-    from jax import lax
-    from jaxmnist.ops import shifted_conv
-
-    x = jax.random.normal(jax.random.key(2), (4, 28, 28, 1))
-    kernel = jax.random.normal(jax.random.key(3), (5, 5, 1, 16))
-    args = dict(window_strides=(1, 1), padding=[(2, 2), (2, 2)], dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    reference = lambda x, k: lax.conv_general_dilated(x, k, **args)  # noqa: E731
-    shifted = lambda x, k: shifted_conv(x, k, **args)  # noqa: E731
-    np.testing.assert_allclose(shifted(x, kernel), reference(x, kernel), rtol=1e-5, atol=1e-5)
-    loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))  # noqa: E731
-    for got, expected in zip(jax.grad(loss(shifted), (0, 1))(x, kernel), jax.grad(loss(reference), (0, 1))(x, kernel)):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    # Shapes it does not specialise fall through to lax unchanged.
-    x16 = jax.random.normal(jax.random.key(4), (2, 14, 14, 16))
-    k16 = jax.random.normal(jax.random.key(5), (5, 5, 16, 32))
-    np.testing.assert_array_equal(shifted(x16, k16), reference(x16, k16))
-
-
-def test_both_pooling_forms_agree_in_value_and_gradient():
-    from jaxmnist.ops import fusible_max_pool_2x2
-
-    x = jax.random.normal(jax.random.key(6), (2, 28, 28, 16))
-    np.testing.assert_array_equal(fusible_max_pool_2x2(x), max_pool_2x2(x))
-    weights = jax.random.normal(jax.random.key(7), (2, 14, 14, 16))
+def test_max_pool_gradient_goes_to_each_windows_maximum():
+    x = jax.random.normal(jax.random.key(2), (2, 7, 7, 4))  # no ties: one maximum per window
+    weights = jax.random.normal(jax.random.key(3), (2, 3, 3, 4))
     grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * weights))(x)  # noqa: E731
-    np.testing.assert_array_equal(grad(fusible_max_pool_2x2), grad(max_pool_2x2))
+    np.testing.assert_allclose(grad(max_pool), grad(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))), rtol=1e-6)
 
 
-def test_the_cpu_and_the_textbook_formulations_agree_and_both_support_forward_mode():
-    # CNN(platform=...) picks the layers' formulation; "cuda" gets the textbook ops, which run here too.
+def test_cpu_conv_equals_lax_convolution_in_value_and_gradient():
+    def lab_conv(features, x):
+        layer = Conv(features, (5, 5), padding=2, **torch_init(fan_in=x.shape[-1] * 25))
+        variables = layer.init(jax.random.key(4), x)
+        with textbook_forms():
+            reference = lambda v, x: layer.apply(v, x)  # noqa: E731
+            expected = (reference(variables, x), jax.grad(lambda v, x: jnp.sum(jnp.sin(reference(v, x))), (0, 1))(variables, x))
+        fast = lambda v, x: layer.apply(v, x)  # noqa: E731
+        got = (fast(variables, x), jax.grad(lambda v, x: jnp.sum(jnp.sin(fast(v, x))), (0, 1))(variables, x))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+    lab_conv(16, jax.random.normal(jax.random.key(5), (4, 28, 28, 1)))  # the shifted form
+    lab_conv(32, jax.random.normal(jax.random.key(6), (2, 14, 14, 16)))  # lax's own
+
+
+def test_both_forms_support_forward_mode():
     params = _params()
     x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
     tangent = jax.tree.map(jnp.ones_like, params)
-    results = {}
-    for platform in ("cpu", "cuda"):
-        apply = lambda p, platform=platform: CNN(platform=platform).apply({"params": p}, x)  # noqa: E731
-        results[platform] = jax.jvp(apply, (params,), (tangent,))  # would raise under a custom_vjp
-    (cpu_out, cpu_tangent), (textbook_out, textbook_tangent) = results["cpu"], results["cuda"]
-    np.testing.assert_allclose(cpu_out, textbook_out, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(cpu_tangent, textbook_tangent, rtol=1e-4, atol=1e-4)
-    grads = [jax.grad(lambda p, pl=pl: CNN(platform=pl).apply({"params": p}, x).sum())(params) for pl in ("cpu", "cuda")]
-    for a, b in zip(*map(jax.tree.leaves, grads)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    apply = lambda p: CNN().apply({"params": p}, x)  # noqa: E731
+    fast = jax.jvp(apply, (params,), (tangent,))  # would raise under a custom_vjp
+    with textbook_forms():
+        textbook = jax.jvp(apply, (params,), (tangent,))
+    for a, b in zip(fast, textbook):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_trains_and_its_gradient_holds_no_scatter(model, tiny_mnist):
+    """XLA:GPU has no deterministic select-and-scatter (nn.max_pool's gradient) and rewrites
+    scatter-adds: under --deterministic (the default) it refuses the first. Checked in the HLO of
+    a training step, compiled with the CPU's forms and lowered with the textbook ones that GPUs
+    and exports use; then the compiled step must learn a small batch."""
+    config = Config(model=model, lr={"resnet": 1e-2}.get(model, 3e-3), rotation=10.0, translate=2, dropout=0.1)
+    state = create_train_state(config, jax.random.key(0), steps_in_epoch=4)
+    batch = Batch(jnp.asarray(tiny_mnist.train_images[:32]), jnp.asarray(tiny_mnist.train_labels[:32]), jnp.ones(32))
+    lower = lambda: jax.jit(train_step, static_argnames="options").lower(  # noqa: E731
+        state, batch, jax.random.key(1), options=StepOptions.from_config(config))
+    step = lower().compile()
+    with textbook_forms():
+        textbook = lower().as_text()
+    for hlo in (step.as_text(), textbook):  # XLA's HLO ops, StableHLO's ops
+        assert not re.search(r"(select-and-)?scatter\(|stablehlo\.(select_and_)?scatter", hlo)
+    initial_stats, losses = state.batch_stats, []
+    for i in range(25):
+        state, loss = step(state, batch, jax.random.key(i))
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), state.batch_stats, initial_stats)
+    assert all(jax.tree.leaves(moved))  # BatchNorm's running statistics follow the batches
+
+
+def test_a_third_conv_layer_on_7x7_maps_trains_as_a_student_would_write_it():
+    """The edit docs/changing-the-model.md describes: conv3 + pool after conv2, 7x7 -> 3x3."""
+
+    class ThreeConvCNN(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = max_pool(relu(Conv(16, (5, 5), padding=2, **torch_init(fan_in=1 * 5 * 5))(x)))  # [B, 14, 14, 16]
+            x = max_pool(relu(Conv(32, (5, 5), padding=2, **torch_init(fan_in=16 * 5 * 5))(x)))  # [B, 7, 7, 32]
+            x = max_pool(relu(Conv(64, (5, 5), padding=2, **torch_init(fan_in=32 * 5 * 5))(x)))  # [B, 3, 3, 64]
+            x = x.reshape(x.shape[0], -1)  # [B, 576]
+            return nn.Dense(10, **torch_init(fan_in=x.shape[-1]))(x)
+
+    MODELS["three-conv"] = lambda recipe: ThreeConvCNN()  # registered as jaxmnist/models/__init__.py does
+    try:
+        state = create_train_state(Config(model="three-conv"), jax.random.key(0), steps_in_epoch=4)
+        batch = Batch(jnp.zeros((8, 28, 28), jnp.uint8), jnp.arange(8) % 10, jnp.ones(8))
+        state, loss = jax.jit(train_step, static_argnames="options")(state, batch, jax.random.key(1), options=StepOptions())
+        assert np.isfinite(float(loss)) and int(state.step) == 1
+        assert state.params["Conv_2"]["kernel"].shape == (5, 5, 32, 64)
+    finally:
+        del MODELS["three-conv"]
+
+
+def test_the_config_names_every_registered_model():
+    import dataclasses
+
+    (field,) = [f for f in dataclasses.fields(Config) if f.name == "model"]
+    assert set(field.metadata["choices"]) == set(MODELS)
+
+
+def test_the_resnet_evaluates_with_its_running_statistics():
+    model = build_model(Config(model="resnet"))
+    assert isinstance(model, ResNet)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert set(variables) == {"params", "batch_stats"}
+    x = jax.random.normal(jax.random.key(1), (16, 28, 28, 1)) * 2 + 1
+    # Evaluation uses the running statistics: one image's logits do not depend on its batch.
+    alone = model.apply(variables, x[:1])
+    np.testing.assert_allclose(model.apply(variables, x)[:1], alone, rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxmnist.checkpoint import Checkpoints
-from jaxmnist.evaluate import evaluate_checkpoint, restore_params
+from jaxmnist.evaluate import evaluate_checkpoint, restore_model
 from conftest import make_mnist, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def test_four_devices_compute_what_one_device_computes(idx_dir, tmp_path):
         assert four["correct"] == one["correct"]
         for key in ("train_loss", "test_loss"):
             assert four[key] == pytest.approx(one[key], rel=1e-5)
-    params = [restore_params(tmp_path / w, "26")[0] for w in ("four", "one")]  # a 4-device checkpoint, read on 1
+    params = [restore_model(tmp_path / w, "26").variables["params"] for w in ("four", "one")]  # a 4-device checkpoint, read on 1
     for a, b in zip(*map(jax.tree.leaves, params)):
         # Two epochs of Adam amplify a different order of float sums differently on each CPU type:
         # up to 1.04e-5 on the AVX2-only machine type, less on the AVX-512 one. 1e-4 holds on both.
@@ -126,7 +126,7 @@ def _results(workdir):
     """Epoch records without wall-clock fields, and the final parameters."""
     records = [{k: v for k, v in r.items() if not k.endswith("seconds") and k != "images_per_second"}
                for r in _epochs(workdir)]
-    return records, restore_params(workdir, "latest")[0]
+    return records, restore_model(workdir, "latest").variables["params"]
 
 
 @pytest.mark.parametrize("targets", [(1,), (0, 1)], ids=["to one process", "to both"])

@@ -11,7 +11,7 @@ import pytest
 
 from jaxmnist.augment import draw_transforms, random_transform, transform
 from jaxmnist.config import RECIPES, Config, parse_config
-from jaxmnist.model import CNN
+from jaxmnist.models.lab import CNN
 from jaxmnist.steps import create_train_state, learning_rate_schedule
 from jaxmnist.workdir import WorkdirError, check_resumable
 

@@ -202,5 +202,6 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(idx_dir, 
         f"{meta['test_accuracy']:.2f}%) is kept.")
     kept = Checkpoints(workdir / "checkpoints", read_only=True)
     assert kept.best_step() == best
-    params, meta = kept.restore_params(best)
+    variables, meta = kept.restore_variables(best)
+    params = variables["params"]
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))

@@ -50,7 +50,7 @@ def _train(tiny_mnist, runner, seed=0):
     state = create_train_state(Config(), keys.init, steps_in_epoch=4)
     data = DeviceDataset(jnp.asarray(tiny_mnist.train_images), jnp.asarray(tiny_mnist.train_labels))
     order = epoch_order(keys.shuffle, 200, 64)
-    state, totals, loss = runner(state, TrainTotals.zeros(), data, order, 0, 4, keys.augment, StepOptions(rotation=10.0))
+    state, totals, loss = runner(state, TrainTotals.zeros(), data, order, 4, keys.augment, StepOptions(rotation=10.0))
     return state, totals
 
 

@@ -36,7 +36,8 @@ def test_one_epoch_writes_config_metrics_and_a_restorable_checkpoint(tmp_path, t
 
     checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
     assert checkpoints.steps() == [4] and checkpoints.best_step() == 4
-    params, meta = checkpoints.restore_params(4)
+    variables, meta = checkpoints.restore_variables(4)
+    params = variables["params"]
     assert meta["correct"] == epoch["correct"] and meta["config"] == config.to_dict()
     assert sum(np.size(x) for x in jax.tree.leaves(params)) == 28_938
 

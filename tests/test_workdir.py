@@ -160,7 +160,7 @@ def test_a_failed_save_ends_the_run_within_seconds_in_one_line(finished_run, idx
     assert len(lines) == 1 and lines[0].startswith(f"Saving a checkpoint in {checkpoints} failed ("), result.stderr
     assert lines[0].endswith("the checkpoints saved before it are intact.")
     assert _files(checkpoints) == before
-    Checkpoints(checkpoints, read_only=True).restore_params(13)  # still restorable
+    Checkpoints(checkpoints, read_only=True).restore_variables(13)  # still restorable
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_a_notice(finished_run, idx_dir):
