@@ -84,6 +84,9 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None,
         with stop_on_signals() as stop:
             return train_and_evaluate(config, dataset, stop)
     # 1. Every check that can refuse the run, before anything is written.
+    for flag, value in (("--workdir", config.workdir), ("--data-dir", config.data_dir), ("--idx-dir", config.idx_dir),
+                        ("--cache-dir", config.cache_dir)):
+        workdirs.check_path_argument(flag, value)
     path = workdirs.check_workdir(config.workdir)
     dataset, source = _load_data(config, dataset)
     stop_if_asked(stop)
