@@ -132,9 +132,8 @@ class Checkpoints:
             todelete_subdir=None if read_only else SUPERSEDED,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        if not read_only and jax.process_index() == 0:
-            # What an earlier writer superseded: no longer a checkpoint of the run, never read.
-            shutil.rmtree(self.directory / SUPERSEDED, ignore_errors=True)
+        self._writer = not read_only
+        self._drop_superseded()  # what a killed writer left
 
     def steps(self) -> list[int]:
         """Every step with a complete checkpoint, oldest first."""
@@ -201,10 +200,12 @@ class Checkpoints:
         reading the arrays."""
         self._check_complete(step, ["params"])
         try:
-            metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "params")
-            leaves = jax.tree_util.tree_leaves_with_path(metadata.item_metadata.tree)
+            metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "params").item_metadata
         except Exception as error:  # noqa: BLE001 - a library failure is not yet proof of damage
             raise self._unreadable(step, error) from None
+        if metadata is None:
+            raise self._unreadable(step, RuntimeError("Orbax finds no metadata of its params"))
+        leaves = jax.tree_util.tree_leaves_with_path(metadata.tree)
         return {_name(path): tuple(leaf.shape) for path, leaf in leaves}
 
     def check_model(self, step: int, params) -> None:
@@ -269,6 +270,11 @@ class Checkpoints:
     def _unreadable(self, step: int, error: Exception) -> UnreadableCheckpoint:
         return UnreadableCheckpoint(f"Checkpoint step {step} in {self.directory} cannot be read ({_reason(error)}).")
 
+    def _drop_superseded(self) -> None:
+        """Remove the checkpoints Orbax renamed away: no longer the run's, never read again."""
+        if self._writer and jax.process_index() == 0:
+            shutil.rmtree(self.directory / SUPERSEDED, ignore_errors=True)
+
     def _save_failed(self, error: Exception) -> SaveFailed:
         # Which save failed is in the reason (Orbax reports the previous one's failure in the next).
         return SaveFailed(f"Saving a checkpoint in {self.directory} failed ({_reason(error)}); the checkpoints "
@@ -282,6 +288,7 @@ class Checkpoints:
         Orbax's threads go, so the process can end."""
         try:
             self._manager.wait_until_finished()
+            self._drop_superseded()
         except Exception as error:  # noqa: BLE001
             if exc_info[1] is None:
                 raise self._save_failed(error) from None

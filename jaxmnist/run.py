@@ -284,13 +284,13 @@ def _resume(checkpoints: Checkpoints, config: Config, source: data.Source, num_d
             raise OtherModel(f"{error}: the code's model has changed since this run; use --restart to train the new "
                              "one there (discarding the old run), or another --workdir.") from None
         except DamagedCheckpoint as error:
-            _set_aside(checkpoints, step, error)
+            _set_aside(checkpoints, step, str(error))
             continue
         except UnreadableCheckpoint as error:
             unreadable.append((step, error))
             continue
         for newer, error in unreadable:  # this one reads, so theirs are bad bytes, not a bad reader
-            _set_aside(checkpoints, newer, error)
+            _set_aside(checkpoints, newer, f"{error} Step {step} reads, so its bytes are damaged.")
         if step > config.epochs * num_steps:  # training cannot be undone: refused, not silently kept
             epoch = -(-step // num_steps)
             raise WorkdirError(f"{config.workdir} has trained into epoch {epoch} (step {step}), past --epochs "
@@ -302,10 +302,10 @@ def _resume(checkpoints: Checkpoints, config: Config, source: data.Source, num_d
     return state, totals, 0, {}
 
 
-def _set_aside(checkpoints: Checkpoints, step: int, error: CheckpointError) -> None:
+def _set_aside(checkpoints: Checkpoints, step: int, why: str) -> None:
     moved = parallel.on_main_process("set-aside", lambda: checkpoints.set_aside(step))
     checkpoints.reload()
-    log.warning("%s It was moved to %s.", error, moved or "damaged-checkpoints")
+    log.warning("%s It was moved to %s.", why, moved or "damaged-checkpoints")
 
 
 def run_identity(config: Config, source: data.Source, num_devices: int) -> dict[str, Any]:
