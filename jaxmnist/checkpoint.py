@@ -88,14 +88,19 @@ def _host_array(leaf) -> np.ndarray:
 
 
 def digests(tree) -> dict[str, str]:
-    """SHA-256 of each array's dtype, shape and bytes, by its name in the tree."""
-    result = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        array = np.ascontiguousarray(_host_array(leaf))
-        digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
-        result[_name(path)] = digest.hexdigest()
-    return result
+    """Each array's dtype and the SHA-256 of its shape and bytes ("<f4:9b1c..."), by its name."""
+    return {name: f"{array.dtype.str}:{_sha256(array)}" for name, array in _named_arrays(tree).items()}
+
+
+def _named_arrays(tree) -> dict[str, np.ndarray]:
+    return {_name(path): _host_array(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _sha256(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(str(array.shape).encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def model_difference(saved_shapes: dict[str, tuple], params) -> str | None:
@@ -259,11 +264,15 @@ class Checkpoints:
         """Each restored array against the digest recorded when it was saved (checkpoints from
         before the digests have none: nothing to compare)."""
         recorded = meta.get("digests") if isinstance(meta, dict) else None
-        if not recorded:
+        if recorded is None:
             return
         for item, tree in restored.items():
-            for name, digest in digests(tree).items():
-                if recorded.get(item, {}).get(name) != digest:
+            listed = recorded.get(item) if isinstance(recorded, dict) else None
+            for name, array in _named_arrays(tree).items():
+                entry = listed.get(name) if isinstance(listed, dict) else None
+                dtype, _, digest = entry.partition(":") if isinstance(entry, str) else ("", "", "")
+                # A template may ask for another dtype (a Python int step): compare in the saved one.
+                if not dtype or _sha256(array.astype(np.dtype(dtype), copy=False)) != digest:
                     raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged: its {item} "
                                             f"{name} differs from the digest recorded when it was saved.")
 
