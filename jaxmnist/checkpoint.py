@@ -6,17 +6,28 @@ evaluation can restore the model alone:
     batch_stats  BatchNorm's running statistics, for models that have them
     opt_state    Adam's moments and step count
     progress   the global step and this epoch's running train-loss sums (exact resume mid-epoch)
-    meta       JSON: epoch, step, test metrics (at epoch ends), and the run's config
+    meta       JSON: epoch, step, test metrics (at epoch ends), the run's config, and a digest of
+               every array of the three items above, verified at every restore
+
+Orbax's data files carry no checksum: without the digests a flipped bit would be restored, used
+and exported without a word. Two failures are told apart, because only one of them may move a
+checkpoint away: DamagedCheckpoint (its bytes are shown to be wrong: a digest differs, a folder it
+must hold is missing) and UnreadableCheckpoint (anything else: the locale, a library, permissions).
+Superseded checkpoints are renamed into checkpoints/superseded/ (one atomic step, so a kill never
+leaves half of one among the real ones) and removed from there by the next writer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -24,8 +35,26 @@ from jaxmnist.errors import UserError
 from jaxmnist.reporting import quiet_libraries
 
 
+SUPERSEDED = "superseded"  # Orbax's rename target for checkpoints it no longer keeps
+ARRAY_ITEMS = ("params", "opt_state", "progress")
+
+
 class CheckpointError(UserError):
     """A checkpoint is missing, damaged or does not fit; the message is one sentence."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """Its bytes are shown to be wrong: a digest differs from the one recorded at save, or a
+    folder every checkpoint holds is missing. Only such a checkpoint may be set aside."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """Reading it failed for a reason not shown to be its bytes (locale, library, permissions)."""
+
+
+class OtherModel(CheckpointError):
+    """The checkpoint's parameters have other names or shapes than the model's: not damage, and
+    never restored (Orbax would silently keep the saved shapes). The caller adds how to go on."""
 
 
 class SaveFailed(CheckpointError):
@@ -41,7 +70,50 @@ def _rank(metrics: dict[str, Any]) -> tuple[float, int]:
 
 
 def _reason(error: Exception) -> str:
-    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    """The first line of a library's error, without the internals some append (TensorStore's
+    "See full TensorStore details: <bound method ...>")."""
+    text = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.split(r"\s*(?:See full TensorStore details|<bound method|<function )", text)[0].rstrip(" .:")
+    return text[:200] or type(error).__name__
+
+
+def _name(path) -> str:
+    """A pytree path as the user reads it: conv1.kernel, not ['conv1']['kernel']."""
+    return jax.tree_util.keystr(path, simple=True, separator=".")
+
+
+def _host_array(leaf) -> np.ndarray:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        leaf = leaf.addressable_data(0)  # every array of the state is replicated: one copy is the whole
+    return np.asarray(jax.device_get(leaf))
+
+
+def digests(tree) -> dict[str, str]:
+    """Each array's dtype and the SHA-256 of its shape and bytes ("<f4:9b1c..."), by its name."""
+    return {name: f"{array.dtype.str}:{_sha256(array)}" for name, array in _named_arrays(tree).items()}
+
+
+def _named_arrays(tree) -> dict[str, np.ndarray]:
+    return {_name(path): _host_array(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _sha256(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(str(array.shape).encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def model_difference(saved_shapes: dict[str, tuple], params) -> str | None:
+    """How a checkpoint's parameters (name -> shape) differ from a model's, naming the first
+    parameter that differs and both shapes; None when they fit."""
+    wanted = {_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    for name in list(wanted) + [n for n in saved_shapes if n not in wanted]:
+        saved, own = saved_shapes.get(name), wanted.get(name)
+        if saved != own:
+            describe = lambda shape: "no such parameter" if shape is None else f"shape {shape}"  # noqa: E731
+            return f"its {name} has {describe(saved)}, this model's has {describe(own)}"
+    return None
 
 
 class Checkpoints:
@@ -60,8 +132,14 @@ class Checkpoints:
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=keep, best_fn=_rank, best_mode="max", read_only=read_only, create=not read_only,
+            # A kill mid-save leaves N.orbax-checkpoint-tmp-*: removed when a writer opens the folder.
+            cleanup_tmp_directories=not read_only,
+            # Deleting is one rename (a kill mid-rmtree would leave half a checkpoint among the real ones).
+            todelete_subdir=None if read_only else SUPERSEDED,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._writer = not read_only
+        self._drop_superseded()  # what a killed writer left
 
     def steps(self) -> list[int]:
         """Every step with a complete checkpoint, oldest first."""
@@ -81,7 +159,10 @@ class Checkpoints:
 
     def meta(self, step: int) -> dict[str, Any]:
         """The JSON item alone (epoch, step, config, test metrics): cheap, no arrays read."""
-        return self._restore(step, meta=ocp.args.JsonRestore()).meta
+        meta = self._restore(step, meta=ocp.args.JsonRestore()).meta
+        if not isinstance(meta, dict):
+            raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged (its meta item is not a record).")
+        return meta
 
     def set_aside(self, step: int) -> Path:
         """Move a damaged checkpoint out of the way (not deleted: it is the user's); call reload()
@@ -101,12 +182,11 @@ class Checkpoints:
 
     def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None) -> None:
         """Start an asynchronous save; metrics (test accuracy) make it a candidate for best."""
-        model_state = {"batch_stats": ocp.args.StandardSave(state.batch_stats)} if state.batch_stats else {}
+        model_state = {"batch_stats": state.batch_stats} if state.batch_stats else {}
+        arrays = {"params": state.params, **model_state, "opt_state": state.opt_state, "progress": progress}
+        meta = meta | {"digests": {item: digests(tree) for item, tree in arrays.items()}}
         args = ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
-            **model_state,
-            opt_state=ocp.args.StandardSave(state.opt_state),
-            progress=ocp.args.StandardSave(progress),
+            **{item: ocp.args.StandardSave(tree) for item, tree in arrays.items()},
             meta=ocp.args.JsonSave(meta),
         )
         self.check()
@@ -122,50 +202,98 @@ class Checkpoints:
         except Exception as error:  # noqa: BLE001
             raise self._save_failed(error) from None
 
-    def param_shapes(self, step: int) -> Any:
-        """The saved parameters' shapes, from the checkpoint's metadata, without reading them."""
+    def param_shapes(self, step: int) -> dict[str, tuple]:
+        """The saved parameters' shapes by name (conv1.kernel), from Orbax's metadata, without
+        reading the arrays."""
+        self._check_complete(step, ["params"])
         try:
-            metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "params")
-            return jax.tree.map(lambda x: tuple(x.shape), metadata.item_metadata.tree)
-        except Exception as error:  # noqa: BLE001 - any failure here means an unreadable checkpoint
-            raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged ({_reason(error)}).") from None
+            metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "params").item_metadata
+        except Exception as error:  # noqa: BLE001 - a library failure is not yet proof of damage
+            raise self._unreadable(step, error) from None
+        if metadata is None:
+            raise self._unreadable(step, RuntimeError("Orbax finds no metadata of its params"))
+        leaves = jax.tree_util.tree_leaves_with_path(metadata.tree)
+        return {_name(path): tuple(leaf.shape) for path, leaf in leaves}
 
-    def restore_variables(self, step: int, target=None) -> tuple[Any, dict[str, Any]]:
+    def check_model(self, step: int, params) -> None:
+        """Raise OtherModel unless the checkpoint's parameters have params' names and shapes
+        (arrays or abstract arrays): compared from the metadata, before any array is read."""
+        difference = model_difference(self.param_shapes(step), params)
+        if difference:
+            raise OtherModel(f"Checkpoint step {step} in {self.directory} belongs to another model ({difference})")
+
+    def restore_variables(self, step: int, target=None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The model's variables ({"params": ..., and "batch_stats" where it has them}) and the meta
         of one step. target (variables as abstract arrays with shardings) says where they go;
         without one Orbax needs the topology the checkpoint was written on."""
         target = target or {}
-        model_state = {"batch_stats": ocp.args.StandardRestore(target.get("batch_stats"))} if self._has_batch_stats(step) else {}
-        items = self._restore(step, params=ocp.args.StandardRestore(target.get("params")), **model_state,
+        if "params" in target:
+            self.check_model(step, target["params"])
+        names = ["params"] + (["batch_stats"] if (self.directory / str(step) / "batch_stats").is_dir() else [])
+        items = self._restore(step, **{name: ocp.args.StandardRestore(target.get(name)) for name in names},
                               meta=ocp.args.JsonRestore())
-        return {"params": items.params} | ({"batch_stats": items.batch_stats} if model_state else {}), items.meta
-
-    def _has_batch_stats(self, step: int) -> bool:
-        return (self.directory / str(step) / "batch_stats").is_dir()
+        variables = {name: items[name] for name in names}
+        self._verify(step, items.meta, **variables)
+        return variables, items.meta
 
     def restore(self, step: int, state, progress) -> tuple[Any, Any, dict[str, Any]]:
         """Everything needed to resume: state and progress shaped like the given templates."""
         abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
-        model_state = {"batch_stats": ocp.args.StandardRestore(abstract(state.batch_stats))} if state.batch_stats else {}
+        self.check_model(step, state.params)
+        model_state = {"batch_stats": state.batch_stats} if state.batch_stats else {}
         items = self._restore(
             step,
             params=ocp.args.StandardRestore(abstract(state.params)),
-            **model_state,
+            **{name: ocp.args.StandardRestore(abstract(tree)) for name, tree in model_state.items()},
             opt_state=ocp.args.StandardRestore(abstract(state.opt_state)),
             progress=ocp.args.StandardRestore(abstract(progress)),
             meta=ocp.args.JsonRestore(),
         )
+        restored = {name: items[name] for name in ("params", *model_state, "opt_state", "progress")}
+        self._verify(step, items.meta, **restored)
         state = state.replace(step=items.progress["step"], params=items.params, opt_state=items.opt_state,
-                              batch_stats=items.batch_stats if model_state else state.batch_stats)
+                              batch_stats=restored.get("batch_stats", state.batch_stats))
         return state, items.progress, items.meta
 
     def _restore(self, step: int, **items):
         if step not in self.steps():
             raise CheckpointError(f"{self.directory} has no checkpoint for step {step} (it has {self.steps()}).")
+        self._check_complete(step, items)
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as error:  # noqa: BLE001 - Orbax raises many types for damaged files; all mean the same here
-            raise CheckpointError(f"Checkpoint step {step} in {self.directory} is damaged or does not fit ({_reason(error)}).") from None
+        except Exception as error:  # noqa: BLE001 - Orbax raises many types; none of them proves damage
+            raise self._unreadable(step, error) from None
+
+    def _check_complete(self, step: int, items) -> None:
+        """Every item folder asked for is there: a missing one is damage, shown by the listing."""
+        missing = [item for item in items if not (self.directory / str(step) / item).is_dir()]
+        if missing:
+            raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged (its {missing[0]} folder "
+                                    "is missing).")
+
+    def _verify(self, step: int, meta: dict[str, Any], **restored) -> None:
+        """Each restored array against the digest recorded when it was saved (checkpoints from
+        before the digests have none: nothing to compare)."""
+        recorded = meta.get("digests") if isinstance(meta, dict) else None
+        if recorded is None:
+            return
+        for item, tree in restored.items():
+            listed = recorded.get(item) if isinstance(recorded, dict) else None
+            for name, array in _named_arrays(tree).items():
+                entry = listed.get(name) if isinstance(listed, dict) else None
+                dtype, _, digest = entry.partition(":") if isinstance(entry, str) else ("", "", "")
+                # A template may ask for another dtype (a Python int step): compare in the saved one.
+                if not dtype or _sha256(array.astype(np.dtype(dtype), copy=False)) != digest:
+                    raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged: its {item} "
+                                            f"{name} differs from the digest recorded when it was saved.")
+
+    def _unreadable(self, step: int, error: Exception) -> UnreadableCheckpoint:
+        return UnreadableCheckpoint(f"Checkpoint step {step} in {self.directory} cannot be read ({_reason(error)}).")
+
+    def _drop_superseded(self) -> None:
+        """Remove the checkpoints Orbax renamed away: no longer the run's, never read again."""
+        if self._writer and jax.process_index() == 0:
+            shutil.rmtree(self.directory / SUPERSEDED, ignore_errors=True)
 
     def _save_failed(self, error: Exception) -> SaveFailed:
         # Which save failed is in the reason (Orbax reports the previous one's failure in the next).
@@ -180,6 +308,7 @@ class Checkpoints:
         Orbax's threads go, so the process can end."""
         try:
             self._manager.wait_until_finished()
+            self._drop_superseded()
         except Exception as error:  # noqa: BLE001
             if exc_info[1] is None:
                 raise self._save_failed(error) from None

@@ -17,11 +17,12 @@ import numpy as np
 
 from jaxmnist import data
 from jaxmnist.augment import normalize
-from jaxmnist.checkpoint import CheckpointError, Checkpoints
+from jaxmnist.checkpoint import CheckpointError, Checkpoints, OtherModel
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.loops import evaluate, stack_batches
 from jaxmnist.models import build_model
 from jaxmnist.reporting import log, run_command, setup_console
+from jaxmnist.workdir import WorkdirError, check_path_argument, replace_file
 
 
 def resolve_step(checkpoints: Checkpoints, step: str) -> int:
@@ -49,28 +50,12 @@ class RestoredModel(NamedTuple):
     step: int
 
 
-def _first_difference(expected: Any, saved: Any) -> str:
-    """The first parameter whose shape differs, in words, or the first missing or extra one."""
-    def shapes(tree) -> dict[str, tuple]:  # "conv1/kernel" -> (5, 5, 1, 16)
-        leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, tuple))
-        return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf) for path, leaf in leaves}
-
-    expected, saved = shapes(jax.tree.map(lambda x: tuple(x.shape), expected)), shapes(saved)
-    for name in sorted(set(expected) | set(saved)):
-        if name not in saved:
-            return f"the model has {name} {expected[name]}, the checkpoint has none"
-        if name not in expected:
-            return f"the checkpoint has {name} {saved[name]}, the model has none"
-        if expected[name] != saved[name]:
-            return f"{name} is {expected[name]} in the model and {saved[name]} in the checkpoint"
-    return ""
-
-
 def restore_model(workdir: str | Path, step: str = "best") -> RestoredModel:
     """The model of one checkpoint, built from the config its run recorded and checked against the
     saved shapes; with its meta and step number."""
     if not str(workdir).strip():
         raise CheckpointError("--workdir must name a training run's folder (it is empty: an unset shell variable?).")
+    check_path_argument("--workdir", str(workdir))
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise CheckpointError(f"--workdir {workdir} is a file, not a training run's folder.")
@@ -78,17 +63,15 @@ def restore_model(workdir: str | Path, step: str = "best") -> RestoredModel:
         raise CheckpointError(f"--workdir {workdir} does not exist.")
     checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
     number = resolve_step(checkpoints, step)
-    model = build_model(checkpoints.meta(number)["config"])
+    model = build_model(checkpoints.meta(number)["config"])  # the model its run recorded, as this code builds it
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
-    difference = _first_difference(expected["params"], checkpoints.param_shapes(number))
-    if difference:
-        raise CheckpointError(f"Checkpoint step {number} in {workdir} belongs to another model ({difference}): the model's "
-                              "code has changed since that run; train it with --restart or another --workdir.")
     # Onto this process's first device, whatever mesh the checkpoint was written from.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), expected)
     try:
         variables, meta = checkpoints.restore_variables(number, target)
+    except OtherModel as error:
+        raise OtherModel(f"{error}: this code's model is not the one that trained it; use the code that did.") from None
     except CheckpointError:
         checkpoints.reload()
         if number in checkpoints.steps():
@@ -172,14 +155,31 @@ def error_analysis(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, A
     }
 
 
-def load_run_data(run_config: dict[str, Any], data_dir: str | None = None,
+def load_run_data(run: dict[str, Any], data_dir: str | None = None,
                   idx_dir: str | None = None) -> tuple[data.MNIST, data.Source]:
-    """MNIST from the given flags or, when neither is given, from the source the run trained on;
-    with the Source record that says which it is."""
-    if data_dir is None and idx_dir is None:
-        data_dir, idx_dir = run_config.get("data_dir"), run_config.get("idx_dir")
-    dataset = data.load(data_dir, idx_dir, run_config.get("cache_dir", ""))
-    return dataset, data.describe(dataset, data_dir, idx_dir)
+    """MNIST from the given flags (other data, on purpose) or, when neither is given, from the
+    source the run recorded (run is read_run's record or a checkpoint's meta): a relative path is
+    taken from the folder the run started in, and files that now hold other images than the run
+    trained on are refused. With the Source record that says which data it is."""
+    config = run["config"]
+    own = data_dir is None and idx_dir is None
+    if own:
+        data_dir, idx_dir = (_where_recorded(config.get(name), run.get("cwd")) for name in ("data_dir", "idx_dir"))
+    dataset = data.load(data_dir, idx_dir, config.get("cache_dir", ""))
+    source = data.describe(dataset, data_dir, idx_dir)
+    recorded = run.get("data")
+    if own and recorded and recorded["fingerprint"] != source.fingerprint:
+        raise data.DataError(f"The run trained on {recorded['name']} (fingerprint {recorded['fingerprint']}), but "
+                             f"{source.name} now holds other images ({source.fingerprint}); give --data-dir or "
+                             "--idx-dir to evaluate on other data on purpose.")
+    return dataset, source
+
+
+def _where_recorded(path: str | None, cwd: str | None) -> str | None:
+    """A path the run recorded, relative ones joined to the folder it was recorded in (when known)."""
+    if path is None or cwd is None or Path(path).expanduser().is_absolute():
+        return path
+    return str(Path(cwd) / path)
 
 
 def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.MNIST | None = None,
@@ -188,7 +188,7 @@ def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.M
     (with data_dir or idx_dir naming it) replaces the run's own data."""
     model, variables, meta, number = restore_model(workdir, step)
     if dataset is None:
-        dataset, source = load_run_data(meta["config"], data_dir, idx_dir)
+        dataset, source = load_run_data(meta, data_dir, idx_dir)
     else:
         source = data.describe(dataset, data_dir, idx_dir)
     batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, meta["config"].get("eval_batch_size", 500)))
@@ -199,18 +199,20 @@ def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.M
         "test_accuracy": 100.0 * int(totals.correct) / count, "test_loss": float(totals.loss_sum) / count,
         "logged_correct": meta.get("correct"),
         "data": source._asdict(),  # the images that "index" below refers to
+        "run_data": meta.get("data"),  # what the run trained and logged on
         **error_analysis(dataset.test_labels, np.asarray(probabilities)),
     }
 
 
 def write_report(workdir: str | Path, report: dict[str, Any]) -> Path:
-    """<workdir>/eval/<step>.json, written atomically; OSError when the workdir is read-only."""
+    """<workdir>/eval/<step>.json, written atomically; OSError when the workdir is read-only,
+    WorkdirError when eval/ or the file is a symbolic link (never written through)."""
     out = Path(workdir) / "eval"
+    if out.is_symlink():
+        raise WorkdirError(f"{out} is a symbolic link, not a folder jaxmnist made; move it away to save reports.")
     out.mkdir(exist_ok=True)
     path = out / f"{report['step']}.json"
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(report, indent=1) + "\n")
-    partial.replace(path)
+    replace_file(path, json.dumps(report, indent=1) + "\n")
     return path
 
 
@@ -219,6 +221,13 @@ def print_report(report: dict[str, Any]) -> None:
     log.info("Checkpoint step %d (epoch %d)", report["step"], report["epoch"])
     log.info("Test Accuracy: %d/%d (%.2f%%)  test loss %.4f",
              report["correct"], report["test_images"], report["test_accuracy"], report["test_loss"])
+    run_data = report.get("run_data") or report["data"]
+    if run_data["fingerprint"] != report["data"]["fingerprint"]:
+        log.info("On %s (fingerprint %s), not the run's own %s.", report["data"]["name"], report["data"]["fingerprint"],
+                 run_data["name"])
+    elif report["logged_correct"] is not None and report["logged_correct"] != report["correct"]:
+        log.warning("Training logged %d correct for this checkpoint, on the same images: the arithmetic differs "
+                    "(another JAX version, JAX_ENABLE_X64, another device).", report["logged_correct"])
     log.info("\nclass  correct / total  accuracy")
     for c, row in report["per_class"].items():
         log.info("%5s  %7d / %5d  %7.2f%%", c, row["correct"], row["total"], row["accuracy"])
@@ -243,12 +252,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate_and_report(args) -> None:
+    check_path_argument("--data-dir", args.data_dir)
+    check_path_argument("--idx-dir", args.idx_dir)
     report = evaluate_checkpoint(args.workdir, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
     print_report(report)
     try:
         log.info("\nWritten to %s", write_report(args.workdir, report))
     except OSError as error:  # a read-only workdir: the report above is still whole
         log.warning("\nThe report was not saved: %s/eval cannot be written (%s).", args.workdir, error.strerror)
+    except WorkdirError as error:
+        log.warning("\nThe report was not saved: %s", error)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,6 +26,7 @@ from typing import Any, Callable, Sequence
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.errors import UserError
 from jaxmnist.reporting import log, run_command, setup_console
+from jaxmnist.workdir import check_path_argument, sync_folder
 
 ARTIFACT = "mnist.jaxexport"
 ONNX_FILE = "mnist.onnx"
@@ -59,6 +62,7 @@ def export_model(workdir: str | Path, out: str | Path, step: str = "best", onnx:
 
     from jaxmnist.evaluate import restore_model
 
+    check_path_argument("--out", str(out))
     _check_out(out)
     out = Path(out)
     model, variables, meta, number = restore_model(workdir, step)
@@ -73,17 +77,49 @@ def export_model(workdir: str | Path, out: str | Path, step: str = "best", onnx:
         "jax_export": {"file": ARTIFACT, "platforms": list(PLATFORMS), "jax": jax.__version__,
                        "calling_convention_version": exported.calling_convention_version},
     }
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ARTIFACT).write_bytes(exported.serialize())
+
+    def write(folder: Path) -> None:
+        (folder / ARTIFACT).write_bytes(exported.serialize())
         if onnx:
-            record["onnx"] = _export_onnx(forward, out / ONNX_FILE)
-        else:
-            (out / ONNX_FILE).unlink(missing_ok=True)  # an earlier export's, no longer this one's
-        (out / "export.json").write_text(json.dumps(record, indent=1) + "\n")
+            record["onnx"] = _export_onnx(forward, folder / ONNX_FILE)
+        (folder / "export.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    try:
+        _write_as_one(out, write)
     except OSError as error:
-        raise ExportError(f"--out {out} cannot be written ({error.strerror}).") from None
+        raise ExportError(f"--out {out} cannot be written ({error.strerror}); an export there before is "
+                          "unchanged.") from None
     return record
+
+
+def _write_as_one(out: Path, write: Callable[[Path], None]) -> None:
+    """Let write fill a new folder beside out, then put that folder in out's place: a failure while
+    writing leaves the previous export whole. (A kill between the two renames of a replacement
+    leaves the previous export in .<out>.previous beside it.)"""
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new, previous = out.with_name(f".{out.name}.partial"), out.with_name(f".{out.name}.previous")
+    for leftover in (new, previous):  # of an export killed mid-way: ours by name, never the export itself
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        new.mkdir()
+        write(new)
+        for file in new.iterdir():
+            with file.open("rb") as handle:
+                os.fsync(handle.fileno())  # the files are on the disk before they become the export
+        if out.is_dir() and any(out.iterdir()):
+            out.rename(previous)
+            try:
+                new.rename(out)
+            except OSError:
+                previous.rename(out)
+                raise
+            shutil.rmtree(previous)
+        else:
+            new.replace(out)  # a new or empty folder: one rename
+        sync_folder(out.parent)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
 
 
 def _check_out(out: str | Path) -> None:
@@ -92,6 +128,8 @@ def _check_out(out: str | Path) -> None:
     if not str(out).strip():
         raise ExportError("--out must name a folder (it is empty: an unset shell variable?).")
     out = Path(out)
+    if out.is_symlink():
+        raise ExportError(f"--out {out} is a symbolic link; give the folder itself.")
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a folder.")
     if out.is_dir() and any(out.iterdir()):
@@ -128,7 +166,7 @@ def _export_onnx(forward: Callable, path: Path) -> dict[str, Any]:
     difference = float(np.abs(got - expected).max())
     if difference > ONNX_TOLERANCE:
         raise ExportError(f"The ONNX model differs from JAX by {difference:.2e} in a probability (allowed: "
-                          f"{ONNX_TOLERANCE:g}); it was written to {path} but should not be trusted.")
+                          f"{ONNX_TOLERANCE:g}), so it was not written.")
     return {"file": path.name, "jax2onnx": _version("jax2onnx"), "onnxruntime": onnxruntime.__version__,
             "max_abs_difference_vs_jax": difference, "checked_on": "64 random uint8 images"}
 

@@ -27,8 +27,11 @@ class NotADigit(UserError):
 
 def load_picture(path: str | Path) -> Image.Image:
     """Open an image file (PNG, JPEG, BMP, ...) as Pillow decodes it."""
-    if Path(path).exists() and not Path(path).is_dir() and not Path(path).is_file():
-        raise NotADigit("is not a regular file (a pipe or a device)")  # reading it could wait forever
+    try:
+        if Path(path).exists() and not Path(path).is_dir() and not Path(path).is_file():
+            raise NotADigit("is not a regular file (a pipe or a device)")  # reading it could wait forever
+    except OSError as error:  # a name too long, a loop of links: the path cannot even be looked up
+        raise NotADigit(f"cannot be looked up ({error.strerror})") from None
     try:
         with Image.open(path) as picture:
             picture.load()

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from jaxmnist.dashboard import Dashboard
 from jaxmnist.errors import UserError
-from jaxmnist.workdir import RUN_MARKER
+from jaxmnist.workdir import RUN_MARKER, append_line, replace_file
 
 log = logging.getLogger("jaxmnist")
 
@@ -88,12 +88,7 @@ def write_config(workdir: Path, identity: dict[str, Any], device: str) -> None:
     """
     versions = {name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")}
     record = RUN_MARKER | identity | {"versions": versions, "device": device}
-    partial = workdir / "config.json.partial"
-    try:
-        partial.write_text(json.dumps(record, indent=2) + "\n")
-        partial.replace(workdir / "config.json")
-    finally:
-        partial.unlink(missing_ok=True)  # gone after the rename; left only by a failed write
+    replace_file(workdir / "config.json", json.dumps(record, indent=2) + "\n")
 
 
 def _version(package: str) -> str | None:
@@ -112,20 +107,21 @@ class MetricsLog:
         self.dashboard = dashboard  # TensorBoard events made from the same records
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past step: a resumed run replays them, and must not write them twice."""
+        """Drop records past step: a resumed run replays them, and must not write them twice. The
+        file is replaced as a whole (a kill never leaves it empty), and only when a record goes."""
         if not self.enabled:
             return
         kept = [record for record in self.records() if record["step"] <= step]
-        if self.path.exists():
-            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        text = "".join(json.dumps(record) + "\n" for record in kept)
+        if self.path.exists() and self.path.read_bytes() != text.encode():  # a record past step, or a torn line
+            replace_file(self.path, text)
         if self.dashboard is not None:
             self.dashboard.rebuild(kept)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record) + "\n")
         if self.dashboard is not None:
             self.dashboard.write(record)
 

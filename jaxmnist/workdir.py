@@ -49,6 +49,8 @@ def check_workdir(workdir: str) -> Path:
             raise WorkdirError(f"--workdir {workdir} holds files that are not a jaxmnist run; give an empty or new folder.")
         for name in RUN_OUTPUTS:
             target = path / name
+            if target.is_symlink():  # writing through it would change a file the run never made
+                raise WorkdirError(f"{target} is a symbolic link, not a file of the run; move it away and run again.")
             if target.exists() and target.is_dir() != (name in FOLDERS):
                 kind = "folder" if name in FOLDERS else "file"
                 raise WorkdirError(f"{target} should be a {kind}; move it away and run again.")
@@ -57,6 +59,56 @@ def check_workdir(workdir: str) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise WorkdirError(f"--workdir {workdir} cannot be created ({parent} is not a writable folder).")
     return path
+
+
+def check_path_argument(flag: str, value: str | None) -> None:
+    """Refuse in one sentence a path the system cannot even look up (a name too long for the file
+    system, a loop of links, a folder not searchable); later it would end in a traceback. A path
+    that does not exist passes: each command says what it needs there."""
+    if value is None or not str(value).strip():
+        return
+    try:
+        os.stat(value)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as error:
+        shown = value if len(value) <= 80 else f"{value[:60]}...({len(value)} characters)"
+        raise WorkdirError(f"{flag} {shown} cannot be used ({error.strerror}).") from None
+
+
+def replace_file(path: Path, content: str | bytes) -> None:
+    """Write a whole file or none of it: into a file beside it, forced to the disk, then renamed
+    over it, so a kill at any moment leaves the old content or the new, never an empty or half
+    file. A symbolic link at path is refused, never followed."""
+    if path.is_symlink():
+        raise WorkdirError(f"{path} is a symbolic link, not a file jaxmnist wrote; move it away and run again.")
+    partial = path.with_name(path.name + ".partial")
+    data = content.encode() if isinstance(content, str) else content
+    try:
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+        sync_folder(path.parent)  # the rename itself reaches the disk too
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()  # gone after the rename; left only by a failed write
+
+
+def append_line(path: Path, line: str) -> None:
+    """Add one line at the end of a file, never through a symbolic link."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as file:
+        file.write(line)
+
+
+def sync_folder(folder: Path) -> None:
+    """Force a folder's entries (a rename, a new file) to the disk."""
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def is_run(path: Path) -> bool:

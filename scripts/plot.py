@@ -31,6 +31,7 @@ from jaxmnist.evaluate import evaluate_checkpoint, load_run_data, read_run, writ
 from jaxmnist.loops import epoch_order  # noqa: E402
 from jaxmnist.reporting import MetricsLog, quiet_libraries  # noqa: E402
 from jaxmnist.steps import derive_keys  # noqa: E402
+from jaxmnist.workdir import check_path_argument  # noqa: E402
 
 
 def plot_curves(workdirs: list[Path], out: Path) -> None:
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def draw(args: argparse.Namespace) -> Path:
     """Every figure, into --out; each failure is one UserError sentence."""
+    for flag, value in [("--workdir", w) for w in args.workdir] + [("--out", args.out), ("--data-dir", args.data_dir),
+                                                                    ("--idx-dir", args.idx_dir)]:
+        check_path_argument(flag, value)
     workdirs = [Path(w) for w in args.workdir]
     for workdir in workdirs:
         if not (workdir / "metrics.jsonl").is_file():
@@ -158,9 +162,9 @@ def draw(args: argparse.Namespace) -> Path:
 
     # The per-image figures describe the first run's best checkpoint, on the data it trained on.
     workdir = workdirs[0]
-    recorded = read_run(workdir)["config"]
-    config = Config(**{k: v for k, v in recorded.items() if k in Config.__dataclass_fields__} | {"restart": False})
-    dataset, source = load_run_data(config.to_dict(), args.data_dir, args.idx_dir)
+    run = read_run(workdir)
+    config = Config(**{k: v for k, v in run["config"].items() if k in Config.__dataclass_fields__} | {"restart": False})
+    dataset, source = load_run_data(run, args.data_dir, args.idx_dir)
     best = Checkpoints(workdir / "checkpoints", read_only=True).best_step()
     report = _saved_report(workdir / "eval" / f"{best}.json", source)
     if report is None:  # missing, or computed on other images: its indices would title the wrong ones

@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,15 +85,33 @@ def test_bad_workdirs_and_steps_are_one_line_errors(trained_run, tmp_path, capsy
     assert "no checkpoint for --step 7" in _one_line_failure(["--workdir", str(workdir), "--step", "7"], capsys)
 
 
-def test_a_damaged_checkpoint_is_a_one_line_error(trained_run, tmp_path, capsys):
+def flip_a_parameter_bit(step_folder: Path) -> None:
+    """One bit flipped in the middle of the largest parameter data file: inside the stored floats,
+    which Orbax would restore without a word."""
+    data_file = max((p for p in (step_folder / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    content = bytearray(data_file.read_bytes())
+    content[len(content) // 2] ^= 1
+    data_file.write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("a flipped bit", "is damaged: its params fc.kernel differs from the digest recorded when it was saved."),
+    ("zeroed files", "cannot be read ("),
+])
+def test_a_damaged_checkpoint_is_a_one_line_error(trained_run, tmp_path, capsys, damage, message):
     source, _, _ = trained_run
     workdir = tmp_path / "copy"
     shutil.copytree(source, workdir)
     step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    for path in (workdir / "checkpoints" / str(step) / "params").rglob("*"):
-        if path.is_file() and path.stat().st_size > 0:
-            path.write_bytes(b"\0" * 10)
-    assert "is damaged" in _one_line_failure(["--workdir", str(workdir), "--step", str(step)], capsys)
+    if damage == "a flipped bit":
+        flip_a_parameter_bit(workdir / "checkpoints" / str(step))
+    else:
+        for path in (workdir / "checkpoints" / str(step) / "params").rglob("*"):
+            if path.is_file() and path.stat().st_size > 0:
+                path.write_bytes(b"\0" * 10)
+    line = _one_line_failure(["--workdir", str(workdir), "--step", str(step)], capsys)
+    assert f"Checkpoint step {step} in {workdir / 'checkpoints'} " in line and message in line
+    assert "<bound method" not in line and "TensorStore" not in line
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
@@ -102,4 +121,4 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     state = type("State", (), {"params": {"fc": {"kernel": jnp.zeros((3, 3))}}, "opt_state": {"count": jnp.int32(0)}})()
     with Checkpoints(tmp_path / "checkpoints") as checkpoints:
         checkpoints.save(1, state, {"step": jnp.int32(1)}, {"epoch": 1, "step": 1, "config": {}}, None)
-    assert "parameters of another model" in _one_line_failure(["--workdir", str(tmp_path), "--step", "latest"], capsys)
+    assert "belongs to another model (its conv1.bias has no such parameter" in _one_line_failure(["--workdir", str(tmp_path), "--step", "latest"], capsys)
