@@ -26,7 +26,7 @@ from jaxmnist.errors import UserError
 # about a second and a gigabyte. Below Pillow's own limit (89 million), so this one decides.
 MAX_PIXELS = 50_000_000
 _WIDE = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # Pillow's modes of more than 8 bits per pixel
-TOO_LARGE = f"is too large to be a picture of one digit (more than {MAX_PIXELS:,} pixels)"
+TOO_LARGE = f"has more than {MAX_PIXELS:,} pixels, too many for a picture of one digit"
 
 
 class BadPicture(UserError):
