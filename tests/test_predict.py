@@ -220,6 +220,14 @@ def test_wide_pixels_are_scaled_from_their_own_range_not_clipped():
     np.testing.assert_allclose(as_shown(Image.fromarray(raw)), unit, atol=1e-5)
 
 
+def test_a_large_picture_is_shrunk_before_it_is_prepared():
+    big = Image.new("L", (5000, 4000), 255)
+    big.paste(0, (2000, 1000, 2400, 3000))  # a 1, 400 pixels wide
+    shown = as_shown(big)
+    assert shown.shape == (1334, 1667)  # shrunk by 3, the smallest whole factor within 2048
+    np.testing.assert_allclose(prepare_digit(shown).astype(int), prepare_digit(big.resize((500, 400))).astype(int), atol=4)
+
+
 def test_ink_on_transparency_is_what_differs_from_the_background():
     opacity = np.zeros((40, 40), np.uint8)
     opacity[8:32, 18:22] = 255  # a 1
