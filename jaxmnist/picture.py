@@ -6,9 +6,9 @@ Pillow decodes; this module adds what a viewer does on top of it:
 - lays transparent pixels on a background the visible strokes stand out from, dark or light;
 - reads a phone's MPO JPEG as its primary picture and refuses other files of several frames
   (an animation or a multi-page scan: which frame holds the digit is the user's choice).
-The pixel count is checked from the header before a pixel is decoded, so that one picture cannot
-take seconds and gigabytes. jaxmnist.predict and jaxmnist.serve both read pictures here; nothing
-here imports JAX.
+The pixel count is checked from the header before a pixel is decoded, and what is decoded is
+shrunk to the size a digit needs, so that one picture cannot take seconds and gigabytes.
+jaxmnist.predict and jaxmnist.serve both read pictures here; nothing here imports JAX.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jaxmnist.errors import UserError
 
-# A 48-megapixel phone photo or a page scanned at 600 dpi fits; decoding one this large takes
-# about a second and a gigabyte. Below Pillow's own limit (89 million), so this one decides.
+# A 48-megapixel phone photo or a page scanned at 600 dpi fits, and the decoded pixels of one
+# picture stay within a few hundred megabytes. Below Pillow's own limit (89 million), so this one
+# decides.
 MAX_PIXELS = 50_000_000
 # Larger pictures are shrunk (a box filter) to this longer side once decoded: the digit ends 20
-# pixels tall anyway, and preparing a 49-megapixel picture at full size took 3 s instead of 0.5.
+# pixels tall anyway, and preparing a 49-megapixel picture at full size takes seconds.
 WORKING_SIDE = 2048
 _WIDE = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # Pillow's modes of more than 8 bits per pixel
 TOO_LARGE = f"has more than {MAX_PIXELS:,} pixels, too many for a picture of one digit"
@@ -65,20 +66,22 @@ def open_picture(source: str | Path | BinaryIO) -> Image.Image:
 def as_shown(picture: Image.Image) -> np.ndarray:
     """Decode an opened picture into float32 grey levels [H, W], 0 black .. 1 white, upright as a
     photo viewer shows it, at most WORKING_SIDE pixels on its longer side."""
-    if getattr(picture, "is_animated", False) and picture.format != "MPO":  # MPO: the first frame is the photo
-        raise BadPicture(f"has {picture.n_frames} frames (an animation or a multi-page file); save the one "
-                         "with the digit as a picture of its own")
     try:
+        frames = picture.n_frames if getattr(picture, "is_animated", False) else 1  # GIF: finds its second frame
         picture.load()
     except (OSError, SyntaxError, ValueError) as error:  # truncated or damaged after a valid header
         raise BadPicture(f"is not an image Pillow can read ({type(error).__name__})") from None
+    if frames > 1 and picture.format != "MPO":  # MPO: the first frame is the photo, the others previews
+        raise BadPicture(f"has {frames} frames (an animation or a multi-page file); save the one with the digit "
+                         "as a picture of its own")
     picture = ImageOps.exif_transpose(picture)
     if picture.mode in _WIDE:
         promised = 1.0 if picture.mode == "F" else 65535.0
         wide = picture if picture.mode == "F" else picture.convert("I")  # the same values, in a mode Pillow shrinks
         return _from_own_range(np.asarray(_fitted(wide), np.float32), promised)
     if picture.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in picture.info:
-        grey_alpha = picture.convert("RGBA").convert("LA")  # through RGBA: a palette's or a colour key's transparency too
+        # Through RGBA: a palette's or a colour key's transparency becomes an alpha channel too.
+        grey_alpha = picture.convert("RGBA").convert("LA")
         return _on_contrasting_background(np.asarray(_fitted(grey_alpha), np.float32) / 255.0)
     return np.asarray(_fitted(picture.convert("L")), np.float32) / 255.0
 

@@ -15,10 +15,13 @@ Decoding and the model run on worker threads, so one large picture does not hold
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
+import os
 import socket
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,8 +38,9 @@ class ServeError(UserError):
 
 
 MAX_BODY_BYTES = 20_000_000  # a phone photo fits; the page's drawings are a few kilobytes
-# Pictures above this many pixels are decoded one at a time, aside from the page's small drawings,
-# so that a few large uploads cannot take every core and gigabytes at once.
+# Pictures above this many pixels are decoded one at a time on a thread of their own, at a lower
+# CPU priority, so that large uploads can neither take every core and gigabytes at once nor slow
+# the page's drawings.
 LARGE_PIXELS = 4_000_000
 LOCAL_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
@@ -54,7 +58,6 @@ def allowed_hosts(bound_host: str) -> list[str]:
 
 def create_app(model: "ServedModel", hosts: Sequence[str] = LOCAL_NAMES):
     """The Starlette app: GET / (the page), GET /run (which model), POST /predict (PNG in, JSON out)."""
-    import anyio
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.middleware import Middleware
@@ -64,7 +67,7 @@ def create_app(model: "ServedModel", hosts: Sequence[str] = LOCAL_NAMES):
     from starlette.routing import Route
 
     page = resources.files("jaxmnist").joinpath("static/draw.html").read_text()
-    large_lane = anyio.CapacityLimiter(1)
+    large_pictures = ThreadPoolExecutor(max_workers=1, thread_name_prefix="large-pictures", initializer=_yield_cpu)
 
     async def index(_request):
         return HTMLResponse(page)
@@ -86,8 +89,11 @@ def create_app(model: "ServedModel", hosts: Sequence[str] = LOCAL_NAMES):
             return Response(status_code=400)
         try:
             picture = open_picture(io.BytesIO(body))  # the header alone: cheap enough for the event loop
-            lane = large_lane if picture.width * picture.height > LARGE_PIXELS else None
-            digit, probabilities = await anyio.to_thread.run_sync(_read_digit, picture, model.predict, limiter=lane)
+            if picture.width * picture.height > LARGE_PIXELS:
+                work = asyncio.get_running_loop().run_in_executor(large_pictures, _read_digit, picture, model.predict)
+            else:
+                work = run_in_threadpool(_read_digit, picture, model.predict)
+            digit, probabilities = await work
         except NotADigit:
             return JSONResponse({"error": "Draw a digit: the page is blank."}, status_code=422)
         except BadPicture as error:
@@ -111,6 +117,12 @@ async def _read_body(request, limit: int) -> bytes:
         if len(body) > limit:
             raise TooLarge
     return bytes(body)
+
+
+def _yield_cpu() -> None:
+    """Lower this thread's CPU priority where a thread has its own (Linux); elsewhere keep it."""
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _read_digit(picture, predict: Callable):

@@ -8,7 +8,8 @@ Starts `python -m jaxmnist.serve` on 127.0.0.1 (never another address) and sends
   header), a 7000x7000 one with a digit (49 million pixels, under the limit: decoded, aside),
   and a 21 MB body (refused while it is read).
 Prints the drawings' latency (p50, p99, max) with and without the huge pictures, what the huge
-ones got, and the answer to a foreign Host header. Bounded: at most 5,000 requests, and every
+ones got, the answer to a foreign Host header, and how many tracebacks the server printed for
+ABORTED uploads cut off half-way. Bounded: at most 5,000 requests, and every
 phase stops sending after --seconds. The server runs in a scratch folder, so PYTHONPATH says
 which checkout is measured.
 """
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -87,6 +89,18 @@ async def send_huge(client, bodies, every: float, stop: asyncio.Event) -> list[d
     return answers
 
 
+async def abort_uploads(port: int, count: int) -> None:
+    """Start count uploads and hang up half-way through each, as a closed browser tab does."""
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(f"POST /predict HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: image/png\r\n"
+                     "Content-Length: 100000\r\n\r\n".encode() + b"\0" * 50_000)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    await asyncio.sleep(1)  # the server notices the last ones
+
+
 def percentiles(latencies: list[float]) -> dict[str, float]:
     milliseconds = 1000 * np.asarray(latencies)
     return {"requests": len(latencies), "p50_ms": round(float(np.percentile(milliseconds, 50)), 1),
@@ -107,6 +121,7 @@ async def measure(port: int, args) -> dict:
         huge = asyncio.create_task(send_huge(client, bodies, args.huge_every, stop))
         mixed = await send_drawings(client, drawing, args.requests, args.concurrency, time.monotonic() + args.seconds)
         stop.set()
+        await abort_uploads(port, args.aborted)
         return {"foreign_host_status": foreign.status_code, "drawings_alone": percentiles(alone),
                 "drawings_with_huge_pictures": percentiles(mixed), "huge_pictures": await huge}
 
@@ -117,23 +132,32 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600, help="drawings per phase (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=20, help="drawings in flight (default: %(default)s)")
     parser.add_argument("--huge-every", type=float, default=0.5, help="seconds between huge pictures (default: %(default)s)")
+    parser.add_argument("--aborted", type=int, default=100, help="uploads cut off half-way (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=60, help="each phase stops sending after this (default: %(default)s)")
     args = parser.parse_args()
-    if not 0 < 2 * args.requests <= MAX_REQUESTS or not 0 < args.concurrency <= 100 or not 0 < args.seconds <= 300:
-        parser.error(f"--requests 1-{MAX_REQUESTS // 2}, --concurrency 1-100 and --seconds up to 300 keep the load bounded")
+    bounded = (0 < args.requests and 0 <= args.aborted and 2 * args.requests + args.aborted <= MAX_REQUESTS
+               and 0 < args.concurrency <= 100 and 0 < args.seconds <= 300)
+    if not bounded:
+        parser.error(f"at most {MAX_REQUESTS:,} requests in all (2 x --requests + --aborted), --concurrency 1-100 "
+                     "and --seconds up to 300 keep the load bounded")
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="jaxmnist-load-") as scratch:
-        server = subprocess.Popen([sys.executable, "-m", "jaxmnist.serve", "--workdir", args.workdir, "--host", HOST,
-                                   "--port", str(port)], cwd=scratch, stdout=subprocess.PIPE, text=True)
-        try:
-            if "drawing page" not in server.stdout.readline():
-                sys.exit("The server did not start; run python -m jaxmnist.serve with the same --workdir to see why.")
-            print(json.dumps(asyncio.run(measure(port, args)), indent=1))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        errors = Path(scratch) / "server-stderr.txt"
+        with errors.open("w") as stderr:
+            server = subprocess.Popen([sys.executable, "-m", "jaxmnist.serve", "--workdir", args.workdir, "--host", HOST,
+                                       "--port", str(port)], cwd=scratch, stdout=subprocess.PIPE, stderr=stderr, text=True)
+            try:
+                if "drawing page" not in server.stdout.readline():
+                    sys.exit(f"The server did not start: {errors.read_text().strip()}")
+                result = asyncio.run(measure(port, args))
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+        result["aborted_uploads"] = args.aborted
+        result["server_tracebacks"] = errors.read_text().count("Traceback")
+        print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
