@@ -3,13 +3,18 @@
     python -m jaxmnist.predict --workdir runs/mnist my-digit.png photo.jpg
     python -m jaxmnist.predict --workdir runs/mnist --json *.png
 
-Each picture (PNG, JPEG, BMP, ...; any size, colour or grey, dark ink on light paper or the
-reverse) is prepared as MNIST's digits were (jaxmnist.prepare), then classified. A picture that
-cannot be read is one line on stderr; the others are still predicted, and the exit status is 1.
+    some-camera-app | python -m jaxmnist.predict --workdir runs/mnist -
+
+Each picture (PNG, JPEG, BMP, TIFF, ...; any size up to 50 million pixels, colour or grey, 8 or
+16 bits, dark ink on light paper or the reverse) is read as a photo viewer shows it
+(jaxmnist.picture), prepared as MNIST's digits were (jaxmnist.prepare), then classified. `-` reads
+one picture from standard input. A picture that cannot be read is one line on stderr; the others
+are still predicted, and the exit status is 1.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from typing import Sequence
@@ -17,7 +22,8 @@ from typing import Sequence
 import numpy as np
 
 from jaxmnist.config import checkpoint_parser
-from jaxmnist.prepare import NotADigit, load_picture, prepare_digit
+from jaxmnist.picture import BadPicture, open_picture
+from jaxmnist.prepare import prepare_digit
 from jaxmnist.reporting import log, run_command, setup_console
 
 
@@ -27,10 +33,18 @@ def top_three(probabilities: np.ndarray) -> list[tuple[int, float]]:
     return [(int(d), float(probabilities[d])) for d in order]
 
 
+def read_digit(path: str) -> np.ndarray:
+    """One picture file, or standard input for "-", as the 28x28 digit the model reads."""
+    source = io.BytesIO(sys.stdin.buffer.read()) if path == "-" else path
+    with open_picture(source) as picture:
+        return prepare_digit(picture)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = checkpoint_parser(prog="python -m jaxmnist.predict", description="Read the digit in each picture with a "
                            "trained model; pictures are prepared as MNIST's digits were.")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files of one digit each")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files of one digit each; - reads one "
+                        "from standard input")
     parser.add_argument("--json", action="store_true", help="one JSON object per picture instead of a line")
     args = parser.parse_args(argv)
     setup_console()
@@ -44,9 +58,9 @@ def _predict_each(args) -> int:
     failed = False
     for path in args.images:
         try:
-            digit = prepare_digit(load_picture(path))
-        except NotADigit as error:  # this file only: the others are still read
-            log.error("%s %s.", path, error)
+            digit = read_digit(path)
+        except BadPicture as error:  # this file only: the others are still read
+            log.error("%s %s.", "standard input" if path == "-" else path, error)
             failed = True
             continue
         likely = top_three(predict(digit[None])[0])

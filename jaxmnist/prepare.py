@@ -2,48 +2,25 @@
 
 MNIST's digits are white on black, their longer side scaled to 20 pixels with antialiasing, and
 placed on a 28x28 field so that their centre of mass is at its centre. prepare_digit does the
-same to a photo, a scan or a drawing, so that the model sees what it was trained on. Pillow
-decodes and resamples; nothing here imports JAX.
+same to a photo, a scan or a drawing, so that the model sees what it was trained on. Pictures are
+read as a photo viewer shows them (jaxmnist.picture); Pillow resamples; nothing here imports JAX.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from jaxmnist.errors import UserError
+from jaxmnist.picture import BadPicture, as_shown
 
 FIELD = 28  # the output is FIELD x FIELD
 BOX = 20  # the digit's longer side, as in MNIST
 INK = 0.15  # a pixel is ink when its darkness above the paper reaches this share of the darkest
 
 
-class NotADigit(UserError):
-    """The picture cannot be prepared; the message completes a sentence that starts with its name
-    ("digit.png" + " has no ink: ...")."""
-
-
-def load_picture(path: str | Path) -> Image.Image:
-    """Open an image file (PNG, JPEG, BMP, ...) as Pillow decodes it."""
-    try:
-        if Path(path).exists() and not Path(path).is_dir() and not Path(path).is_file():
-            raise NotADigit("is not a regular file (a pipe or a device)")  # reading it could wait forever
-    except OSError as error:  # a name too long, a loop of links: the path cannot even be looked up
-        raise NotADigit(f"cannot be looked up ({error.strerror})") from None
-    try:
-        with Image.open(path) as picture:
-            picture.load()
-            return picture.copy()
-    except FileNotFoundError:
-        raise NotADigit("does not exist") from None
-    except IsADirectoryError:
-        raise NotADigit("is a folder, not an image") from None
-    except Image.DecompressionBombError:
-        raise NotADigit(f"is too large to be a picture of one digit (more than {Image.MAX_IMAGE_PIXELS:,} pixels)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise NotADigit(f"is not an image Pillow can read ({type(error).__name__})") from None
+class NotADigit(BadPicture):
+    """The picture was read but holds no digit; the message completes a sentence that starts with
+    its name ("digit.png" + " has no ink: ...")."""
 
 
 def prepare_digit(picture: Image.Image | np.ndarray) -> np.ndarray:
@@ -77,11 +54,7 @@ def _as_grey(picture: Image.Image | np.ndarray) -> np.ndarray:
         if array.ndim == 3:  # colour: the luminance Pillow uses
             array = array[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
         return array / (255.0 if picture.dtype == np.uint8 or array.max() > 1.0 else 1.0)
-    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
-        # Transparent pixels count as white paper (a drawing exported without a background).
-        background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
-        picture = Image.alpha_composite(background, picture.convert("RGBA"))
-    return np.asarray(picture.convert("L"), np.float32) / 255.0
+    return as_shown(picture)
 
 
 def _centre_of_mass_on_field(digit: np.ndarray) -> np.ndarray:

@@ -45,13 +45,13 @@ def save_photos(digits: np.ndarray, folder: Path) -> dict[str, list[Path]]:
 
 def check(workdir: str, digits: np.ndarray, labels: np.ndarray, folder: Path) -> dict:
     from jaxmnist.evaluate import load_model
-    from jaxmnist.prepare import load_picture, prepare_digit
+    from jaxmnist.predict import read_digit
 
     predict = load_model(workdir)
     original = predict(digits).argmax(axis=1)
     result = {"images": len(digits), "accuracy_untouched": float((original == labels).mean() * 100)}
     for kind, paths in save_photos(digits, folder).items():
-        prepared = np.stack([prepare_digit(load_picture(p)) for p in paths])
+        prepared = np.stack([read_digit(str(p)) for p in paths])
         predicted = predict(prepared).argmax(axis=1)
         result[f"accuracy_{kind}"] = float((predicted == labels).mean() * 100)
         result[f"agreement_{kind}"] = float((predicted == original).mean() * 100)

@@ -1,9 +1,13 @@
 """Using the trained model: pictures of digits prepared as MNIST's were, predictions from the
 command line, and an exported model that runs without jaxmnist."""
 
+import io
 import json
+import struct
 import subprocess
 import sys
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +17,14 @@ from PIL import Image
 from jaxmnist import predict
 from jaxmnist.config import Config
 from jaxmnist.data import load_idx
+from jaxmnist.picture import MAX_PIXELS, BadPicture, as_shown, open_picture
 from jaxmnist.prepare import NotADigit, prepare_digit
 from conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from predict_check import as_a_photo, save_photos  # noqa: E402
+from formats_check import FORMATS, save_with_orientation  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATA / "mnist-idx").is_dir(), reason="needs real MNIST in ../shared/data")
 
@@ -140,18 +146,114 @@ def test_onnx_export_agrees_with_jax(trained, tmp_path):
     assert session.run(None, {"images": np.zeros((3, 28, 28), np.uint8)})[0].shape == (3, 10)
 
 
-def test_a_pipe_and_an_oversized_picture_are_one_line_each(trained, tmp_path, capsys, monkeypatch):
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height grey pixels and holds none: only a check of the header
+    can answer it correctly, decoding would fail."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_a_pipe_and_oversized_pictures_are_one_line_each_before_any_decoding(trained, tmp_path, capsys):
     import os
 
     os.mkfifo(tmp_path / "pipe")
-    Image.new("L", (100, 100), 255).save(tmp_path / "huge.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is a decompression bomb now
+    # Just over the limit; over Pillow's own warning limit (89 million); over twice it (its error).
+    sizes = {"over.png": (MAX_PIXELS // 5000 + 1, 5000), "warned.png": (9500, 9500), "bomb.png": (20000, 20000)}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(png_header(*size))
     capsys.readouterr()
-    assert predict.main(["--workdir", str(trained), str(tmp_path / "pipe"), str(tmp_path / "huge.png")]) == 1
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"{tmp_path / 'pipe'} is not a regular file (a pipe or a device).",
-        f"{tmp_path / 'huge.png'} is too large to be a picture of one digit (more than 1,000 pixels).",
-    ]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert predict.main(["--workdir", str(trained), str(tmp_path / "pipe"), *(str(tmp_path / n) for n in sizes)]) == 1
+    assert not seen  # Pillow's DecompressionBombWarning is the sentence, not two more lines
+    assert capsys.readouterr().err.strip().splitlines() == [f"{tmp_path / 'pipe'} is not a regular file (a pipe or a device)."] + [
+        f"{tmp_path / n} has more than {MAX_PIXELS:,} pixels, too many for a picture of one digit." for n in sizes]
+
+
+def test_pictures_as_people_have_them_are_read_as_their_digit(trained, mnist, tmp_path, capsys):
+    """Phone photos tagged to turn, 16-bit scans, float TIFFs, ink on transparency: each format as
+    right as the upright JPEG (before these were read, 0-46% were)."""
+    count = 10
+    digits, labels = mnist.test_images[:count], mnist.test_labels[:count]
+    for number, (name, (suffix, save)) in enumerate(FORMATS.items()):
+        paths = [tmp_path / f"{number}-{i}{suffix}" for i in range(count)]
+        for i, path in enumerate(paths):
+            save(as_a_photo(digits[i], i), path)
+        capsys.readouterr()
+        assert predict.main(["--workdir", str(trained), "--json", *map(str, paths)]) == 0, name
+        read = [json.loads(line)["digit"] for line in capsys.readouterr().out.splitlines()]
+        assert sum(d == label for d, label in zip(read, labels)) >= count - 1, (name, read, labels.tolist())
+
+
+def test_standard_input_is_one_picture(trained, mnist, capsys, monkeypatch):
+    def stdin_holding(picture):
+        png = io.BytesIO()
+        picture.save(png, "PNG")
+        return type("Stdin", (), {"buffer": io.BytesIO(png.getvalue())})()
+
+    monkeypatch.setattr(sys, "stdin", stdin_holding(as_a_photo(mnist.test_images[0], 0)))
+    capsys.readouterr()
+    assert predict.main(["--workdir", str(trained), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["digit"] == mnist.test_labels[0]
+    monkeypatch.setattr(sys, "stdin", stdin_holding(Image.new("L", (50, 50), 255)))
+    assert predict.main(["--workdir", str(trained), "-"]) == 1
+    assert capsys.readouterr().err.strip() == "standard input has no ink: a blank page, or a digit too faint to see."
+
+
+def test_exif_orientation_turns_the_picture_upright(tmp_path):
+    upright = np.zeros((30, 40), np.uint8)
+    upright[2:6, 3:9] = 255  # a mark near the top left: any wrong turn moves it
+    for tag in (3, 6, 8):
+        save_with_orientation(Image.fromarray(upright).convert("RGB"), tmp_path / f"{tag}.jpg", tag)
+        with open_picture(tmp_path / f"{tag}.jpg") as picture:
+            shown = as_shown(picture)
+        assert shown.shape == upright.shape, tag
+        assert np.abs(shown - upright / 255.0).mean() < 0.02, tag
+
+
+def test_wide_pixels_are_scaled_from_their_own_range_not_clipped():
+    levels = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    np.testing.assert_allclose(as_shown(Image.fromarray(levels)), levels / 65535.0, atol=1e-6)  # I;16
+    unit = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    np.testing.assert_allclose(as_shown(Image.fromarray(unit)), unit, atol=1e-6)  # F, 0..1
+    raw = unit * 1000 - 200  # float data of another range: its own min..max
+    np.testing.assert_allclose(as_shown(Image.fromarray(raw)), unit, atol=1e-5)
+
+
+def test_a_large_picture_is_shrunk_before_it_is_prepared():
+    big = Image.new("L", (5000, 4000), 255)
+    big.paste(0, (2000, 1000, 2400, 3000))  # a 1, 400 pixels wide
+    shown = as_shown(big)
+    assert shown.shape == (1334, 1667)  # shrunk by 3, the smallest whole factor within 2048
+    np.testing.assert_allclose(prepare_digit(shown).astype(int), prepare_digit(big.resize((500, 400))).astype(int), atol=4)
+
+
+def test_ink_on_transparency_is_what_differs_from_the_background():
+    opacity = np.zeros((40, 40), np.uint8)
+    opacity[8:32, 18:22] = 255  # a 1
+    for colour in (0, 255):  # black strokes and white strokes, the rest fully transparent
+        rgba = np.dstack([np.full_like(opacity, colour)] * 3 + [opacity])
+        shown = as_shown(Image.fromarray(rgba, "RGBA"))
+        assert shown[20, 20] == colour / 255 and shown[2, 2] == 1 - colour / 255, colour
+        np.testing.assert_array_equal(prepare_digit(Image.fromarray(rgba, "RGBA")) > 0,
+                                      prepare_digit(Image.fromarray(opacity)) > 0)
+    with pytest.raises(NotADigit, match="has no ink"):
+        prepare_digit(Image.new("RGBA", (40, 40), (0, 0, 0, 0)))
+
+
+def test_frames_an_animation_is_refused_a_phone_mpo_is_its_first_picture(tmp_path):
+    frames = [Image.new("L", (40, 40), level) for level in (0, 255)]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:])
+    with open_picture(tmp_path / "moving.gif") as picture, pytest.raises(BadPicture) as refused:
+        as_shown(picture)
+    assert str(refused.value) == ("has 2 frames (an animation or a multi-page file); save the one with the digit "
+                                  "as a picture of its own")
+    frames[0].convert("RGB").save(tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[frames[1].convert("RGB")])
+    with open_picture(tmp_path / "phone.jpg") as picture:
+        assert picture.format == "MPO" and picture.n_frames == 2
+        assert as_shown(picture).max() < 0.05  # the first (black) picture, not the second
 
 
 def test_export_never_overwrites_files_it_did_not_write(trained, tmp_path):
