@@ -8,9 +8,9 @@
 Prints and writes as JSON: the device, compile seconds, median training seconds per epoch,
 images per second, evaluation seconds, test accuracy and peak memory. The in-process run uses
 the persistent compilation cache as training does (--cache-dir; '' for a cold start). With --torch-python it
-also times complete runs of `python -m jaxmnist.train` and of ../shared/reference/seed_torch.py,
-alternating, on the same data, and reports the ratios. A script, not a test: figures drift on
-shared machines, so compare only ratios taken in one run.
+also times complete runs of `python -m jaxmnist.train` and of the lab's script (reference/lab_pytorch.py),
+alternating, on the same data, and reports the ratios. A script, not a test: wall times drift with
+the machine's load, so compare only ratios taken in one run.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from jaxmnist.reporting import quiet_libraries
 from jaxmnist.config import parse_config
 from jaxmnist.run import configure_jax, train_and_evaluate
 
-TORCH_SCRIPT = ROOT.parent / "shared" / "reference" / "seed_torch.py"
+TORCH_SCRIPT = ROOT / "reference" / "lab_pytorch.py"
 
 
 def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
@@ -98,7 +98,7 @@ def compare_with_torch(args, workdir: Path) -> dict:
         jax_seconds, _ = _timed(train_command(*source, "--epochs", str(args.epochs or 5), "--workdir", str(jax_workdir)),
                                 "jaxmnist's whole run")
         torch_seconds, torch_out = _timed([args.torch_python, str(TORCH_SCRIPT), "--root", str(torch_root),
-                                           "--epochs", str(args.epochs or 5), "--save", str(workdir / "seed_best.pt")],
+                                           "--epochs", str(args.epochs or 5), "--save", str(workdir / "lab_best.pt")],
                                           "the PyTorch script")
         jax_records = [json.loads(line) for line in (jax_workdir / "metrics.jsonl").read_text().splitlines()]
         torch_summary = json.loads(torch_out.strip().splitlines()[-1])

@@ -11,7 +11,7 @@
 # <out>/summary.json and prints a short summary against the targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=gpu idx=mnist-idx torch_script=../shared/reference/seed_torch.py out=gpu-check
+mode=gpu idx=mnist-idx torch_script=reference/lab_pytorch.py out=gpu-check
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) mode=cpu ;;
@@ -53,7 +53,7 @@ if python -c "import torch, torchvision" 2>/dev/null && [ -f "$torch_script" ]; 
     name=$(basename "$f" .gz)
     case "$f" in *.gz) gunzip -c "$f" > "$raw/$name" ;; *) cp "$f" "$raw/$name" ;; esac
   done
-  timeout 300 python "$torch_script" --root "$cache/torch" --epochs "$torch_epochs" --save "$cache/seed_best.pt" \
+  timeout 300 python "$torch_script" --root "$cache/torch" --epochs "$torch_epochs" --save "$cache/lab_best.pt" \
     > "$out/torch.log"
   tail -n 1 "$out/torch.log" > "$out/torch.json"
 else

@@ -21,7 +21,12 @@ from jaxmnist.data import _IDX_FILES, MNIST  # noqa: E402
 # in-process tests compare with float32 references, and GPUs would otherwise use TF32.
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# Real MNIST, for the few tests that need real digits (a model that reads handwriting, TFDS against
+# IDX): a prepared copy beside the checkout, as ../shared/data/mnist-idx (the four IDX files) and
+# ../shared/data/tensorflow_datasets. Without it those tests are skipped, and the run's last lines say so.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_NO_REAL_MNIST = f"needs real MNIST: {SHARED_DATA / 'mnist-idx'} does not exist"
+needs_real_mnist = pytest.mark.skipif(not (SHARED_DATA / "mnist-idx").is_dir(), reason=_NO_REAL_MNIST)
 
 
 def make_mnist(num_train: int, num_test: int, seed: int = 0) -> MNIST:
@@ -87,6 +92,11 @@ def report():
 
 
 def pytest_terminal_summary(terminalreporter):
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if _NO_REAL_MNIST in str(r.longrepr)]
+    if skipped:  # a green run must not hide what it did not test
+        tests = "1 test was" if len(skipped) == 1 else f"{len(skipped)} tests were"
+        terminalreporter.write_line(f"{tests} skipped: real MNIST is needed, and {SHARED_DATA / 'mnist-idx'} "
+                                    "does not exist.", yellow=True)
     if _REPORTED:
         terminalreporter.section("figures measured by the tests")
         for line in _REPORTED:

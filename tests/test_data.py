@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from jaxmnist import data
-from conftest import SHARED_DATA, make_mnist, write_idx
+from conftest import SHARED_DATA, make_mnist, needs_real_mnist, write_idx
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -70,7 +70,7 @@ def test_the_decoded_cache_is_keyed_by_the_tfds_files(tmp_path):
     assert data._cache_path(str(tmp_path / "cache"), str(tmp_path / "empty")) is None  # not prepared
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mnist-idx").is_dir(), reason="../shared/data (real MNIST) is not beside the checkout")
+@needs_real_mnist
 def test_tfds_and_idx_give_the_same_images_and_labels_as_sets(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     tfds_dir = str(SHARED_DATA / "tensorflow_datasets")

@@ -19,14 +19,14 @@ from jaxmnist.config import Config
 from jaxmnist.data import load_idx
 from jaxmnist.picture import MAX_PIXELS, BadPicture, as_shown, open_picture
 from jaxmnist.prepare import NotADigit, prepare_digit
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_real_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from predict_check import as_a_photo, save_photos  # noqa: E402
 from formats_check import FORMATS, save_with_orientation  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "mnist-idx").is_dir(), reason="needs real MNIST in ../shared/data")
+pytestmark = needs_real_mnist
 
 
 @pytest.fixture(scope="module")

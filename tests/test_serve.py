@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from jaxmnist.config import Config
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_real_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "mnist-idx").is_dir(), reason="needs real MNIST in ../shared/data")
+pytestmark = needs_real_mnist
 
 
 @pytest.fixture(scope="module")

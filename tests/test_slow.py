@@ -5,11 +5,11 @@ import pytest
 
 from jaxmnist import run
 from jaxmnist.config import Config
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_real_mnist
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_DATA / "mnist-idx").is_dir(), reason="../shared/data (real MNIST) is not beside the checkout")
+@needs_real_mnist
 def test_the_lab_recipe_reaches_99_percent_in_five_epochs(tmp_path, report):
     config = Config(workdir=str(tmp_path / "run"), idx_dir=str(SHARED_DATA / "mnist-idx"), cache_dir="")
     records = run.train_and_evaluate(config)

@@ -1,0 +1,42 @@
+"""The `jaxmnist` command that `pip install` puts on the PATH: `jaxmnist COMMAND [FLAGS]`.
+
+Each command is the `python -m jaxmnist.COMMAND` of the same name with the same flags; this file
+only picks the module. It imports only the chosen one, so `jaxmnist train --help` answers before
+JAX loads, as `python -m jaxmnist.train --help` does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+COMMANDS = {
+    "train": "train the lab's CNN, test it after every epoch, keep the best checkpoint; resumes",
+    "evaluate": "restore a checkpoint and analyse its errors on the test set",
+    "predict": "read the digit in your own pictures",
+    "export": "write the model as a jax.export artifact (and ONNX) to run without jaxmnist",
+    "serve": "a local page where you draw a digit and watch the model read it",
+    "plot": "a run's figures: curves, samples, confusion matrix, misclassified digits",
+}
+
+USAGE = "usage: jaxmnist {" + ",".join(COMMANDS) + "} [FLAGS]   (jaxmnist COMMAND --help: its flags)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `jaxmnist COMMAND FLAGS...` as `python -m jaxmnist.COMMAND FLAGS...`; return its exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        stream = sys.stdout if argv else sys.stderr
+        print(USAGE, file=stream)
+        print("\n".join(f"  {name:9s} {what}" for name, what in COMMANDS.items()), file=stream)
+        return 0 if argv else 2
+    command, flags = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"jaxmnist: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.", file=sys.stderr)
+        return 2
+    return importlib.import_module(f"jaxmnist.{command}").main(flags)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The `jaxmnist` console command: declared in pyproject.toml, and each subcommand is its python -m module."""
+
+import importlib
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from jaxmnist import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pip_install_puts_jaxmnist_on_the_path():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["jaxmnist"].split(":")
+    assert getattr(importlib.import_module(module), function) is cli.main
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_shows_its_own_flags(command, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main([command, "--help"])
+    assert exit.value.code == 0
+    assert f"python -m jaxmnist.{command}" in capsys.readouterr().out  # the module's own parser answered
+
+
+def test_flags_reach_the_command(tmp_path, capsys):
+    assert cli.main(["plot", "--workdir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == f"{tmp_path} has no metrics.jsonl: is it a jaxmnist workdir?"
+
+
+def test_an_unknown_or_missing_command_is_one_sentence_and_exit_2(capsys):
+    assert cli.main(["trian"]) == 2
+    assert capsys.readouterr().err == ("jaxmnist: unknown command 'trian'; choose one of train, evaluate, predict, "
+                                       "export, serve, plot.\n")
+    assert cli.main([]) == 2
+    assert capsys.readouterr().err.startswith("usage: jaxmnist {train,evaluate,predict,export,serve,plot}")
+    assert cli.main(["--help"]) == 0
+    assert "plot      a run's figures" in capsys.readouterr().out
