@@ -70,8 +70,8 @@ def _sweep(args: argparse.Namespace, common: list[str], combinations: Sequence[C
     runs = plan(combinations if combinations is not None else parse_grid(args.grid), args.seeds, root, common)
     if args.slurm:
         again = [*command, "--seeds", *map(str, args.seeds), *(x for g in args.grid for x in ("--grid", g)),
-                 "--root", args.root, "--", *common]
-        slurm.write(Path(args.slurm), again, runs, root)
+                 "--root", args.root]
+        slurm.write(Path(args.slurm), again, common, runs, root)
         log.info("Wrote %s: %d runs as a SLURM job array; submit it with sbatch %s.", args.slurm, len(runs), args.slurm)
         return 0
     if args.array_task is not None:
