@@ -1,6 +1,6 @@
 """Run a sweep's training runs on this machine: several at once, each pinned to its share of the cores.
 
-Each run is its own `python -m jaxmnist.train` process, in its own session, so that a signal
+Each run is its own `python -m jaxmnist.train` process, detached from the terminal (setsid), so that a signal
 reaches it only through the sweep: Ctrl-C or SIGTERM to the sweep is passed on to every run
 (each saves and stops, as it would alone), and no new run starts. A run's output goes to
 <root>/<run>.log, appended to on every start, beside its workdir (a workdir holds only what the run
