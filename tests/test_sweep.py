@@ -12,7 +12,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jaxmnist.config import Config
 from jaxmnist.sweep import slurm, table
 from jaxmnist.sweep.command import main
 from jaxmnist.sweep.plan import Status, SweepError, epoch_records, parse_grid, plan, status

@@ -147,7 +147,8 @@ def status(run: Run) -> Status:
     if differing:
         raise SweepError(f"{run.workdir} holds a run with other settings ({', '.join(differing)}); use another --root, "
                          "or move that folder away.")
-    return Status.FINISHED if epoch_records(run) and epoch_records(run)[-1]["epoch"] >= run.config.epochs else Status.STARTED
+    records = epoch_records(run)
+    return Status.FINISHED if records and records[-1]["epoch"] == run.config.epochs else Status.STARTED
 
 
 def epoch_records(run: Run) -> list[dict[str, Any]]:
