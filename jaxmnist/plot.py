@@ -1,7 +1,8 @@
 """Draw a run's figures: learning curves, training samples, confusion matrix, misclassified digits.
 
-    jaxmnist plot --workdir runs/mnist                      # -> runs/mnist/plots/*.png
-    jaxmnist plot --workdir runs/a --workdir runs/b --out cmp  # curves of several runs
+    jaxmnist plot --workdir runs/mnist                         # -> runs/mnist/plots/*.png
+    jaxmnist plot --workdir runs/a --workdir runs/b --out cmp  # curves of several runs, named by what differs
+    jaxmnist plot --sweep runs/sweep                           # -> runs/sweep/plots/sweep.png
 
 (`python -m jaxmnist.plot` and `python scripts/plot.py` are the same command.)
 
@@ -32,19 +33,30 @@ from jaxmnist.errors import UserError  # noqa: E402
 from jaxmnist.evaluate import evaluate_checkpoint, load_run_data, read_run, write_report  # noqa: E402
 from jaxmnist.loops import epoch_order  # noqa: E402
 from jaxmnist.reporting import MetricsLog, quiet_libraries  # noqa: E402
-from jaxmnist.steps import derive_keys
-from jaxmnist.workdir import check_path_argument  # noqa: E402
+from jaxmnist.steps import derive_keys  # noqa: E402
+from jaxmnist.sweep.plan import differing_settings, label  # noqa: E402
+from jaxmnist.workdir import check_path_argument, is_run  # noqa: E402
+
+
+def run_labels(workdirs: list[Path]) -> list[str]:
+    """Each run named by what differs in its recorded recipe (`lr=0.003, dropout=0.3, seed=1`); the
+    folder's name where the recipes are the same, or a run has no config.json."""
+    try:
+        recipes = [read_run(workdir)["config"] for workdir in workdirs]
+    except UserError:
+        return [workdir.name for workdir in workdirs]
+    labels = [label(settings) for settings in differing_settings(recipes)]
+    return labels if all(labels) else [workdir.name for workdir in workdirs]
 
 
 def plot_curves(workdirs: list[Path], out: Path) -> None:
     """Training loss (every log point and per epoch), test loss, test accuracy and learning rate."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     (loss_ax, test_loss_ax), (accuracy_ax, lr_ax) = axes
-    for workdir in workdirs:
+    for workdir, name in zip(workdirs, run_labels(workdirs) if len(workdirs) > 1 else [None] * len(workdirs)):
         metrics = MetricsLog(workdir / "metrics.jsonl")
         points, epochs = metrics.records("train"), metrics.records("epoch")
         steps_per_epoch = epochs[0]["step"] / epochs[0]["epoch"] if epochs else 1
-        name = workdir.name if len(workdirs) > 1 else None
         line = loss_ax.plot([p["step"] / steps_per_epoch for p in points], [p["loss"] for p in points],
                             alpha=0.45, lw=1, label=f"{name}: batch" if name else "one batch (log points)")[0]
         x = [e["epoch"] for e in epochs]
@@ -65,6 +77,44 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=90)
+    plt.close(fig)
+
+
+SWEEP_CURVES = {"test_accuracy": "Test accuracy (%)", "val_accuracy": "Validation accuracy (%)",
+                "train_accuracy": "Training accuracy (%)", "train_loss": "Training loss", "test_loss": "Test loss"}
+
+
+def plot_sweep(root: Path, out: Path) -> None:
+    """sweep.png: for each recipe among the runs in root, the mean over its seeds of every epoch
+    curve, with a band of +-1 standard deviation; over the epochs that all its seeds have reached."""
+    workdirs = sorted(d for d in root.iterdir() if d.is_dir() and is_run(d) and (d / "metrics.jsonl").is_file())
+    if not workdirs:
+        raise UserError(f"{root} holds no jaxmnist runs: is it a sweep's --root?")
+    groups: dict[str, list[list[dict]]] = {}
+    recipes: dict[str, dict] = {}
+    for workdir in workdirs:
+        recipe = {k: v for k, v in read_run(workdir)["config"].items() if k in Config().recipe_dict() and k != "seed"}
+        key = json.dumps(recipe, sort_keys=True)
+        recipes.setdefault(key, recipe)
+        groups.setdefault(key, []).append(MetricsLog(workdir / "metrics.jsonl").records("epoch"))
+    names = dict(zip(recipes, (label(s) or "all runs" for s in differing_settings(list(recipes.values())))))
+    curves = [key for key in SWEEP_CURVES if any(key in r for runs in groups.values() for records in runs for r in records)]
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.2), squeeze=False)
+    for ax, curve in zip(axes.flat, curves):
+        for key, runs in groups.items():
+            epochs = min(len(records) for records in runs)
+            values = np.array([[r.get(curve, np.nan) for r in records[:epochs]] for records in runs])  # [seeds, epochs]
+            x, mean = np.arange(1, epochs + 1), values.mean(axis=0)
+            std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(epochs)  # the table's sample std
+            line = ax.errorbar(x, mean, yerr=std, fmt="o-", capsize=3, label=f"{names[key]} ({len(runs)} seeds)")[0]
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set(title=SWEEP_CURVES[curve], xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"{root}: mean over seeds, band +-1 std")
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=90)
     plt.close(fig)
 
 
@@ -128,22 +178,41 @@ def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 150) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxmnist.plot", description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", action="append", required=True, help="a run's workdir; repeat to overlay runs")
-    parser.add_argument("--out", help="where the PNGs go (default: <first workdir>/plots)")
+    runs = parser.add_mutually_exclusive_group(required=True)
+    runs.add_argument("--workdir", action="append", help="a run's workdir; repeat to overlay runs")
+    runs.add_argument("--sweep", help="a sweep's --root: each recipe's mean curves over its seeds, into sweep.png")
+    parser.add_argument("--out", help="where the PNGs go (default: <first workdir or sweep>/plots)")
     parser.add_argument("--data-dir", help="TFDS data directory (default: the run's own data source)")
     parser.add_argument("--idx-dir", help="MNIST IDX files (default: the run's own data source)")
     args = parser.parse_args(argv)
     quiet_libraries()
     try:
-        out = draw(args)
+        out = draw_sweep(Path(args.sweep), args.out) if args.sweep else draw(args)
     except UserError as error:
         print(error, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("Stopped.", file=sys.stderr)
         return 130
-    print(f"Wrote curves.png, samples.png, confusion.png and errors.png to {out}")
+    print(f"Wrote {'sweep.png' if args.sweep else 'curves.png, samples.png, confusion.png and errors.png'} to {out}")
     return 0
+
+
+def draw_sweep(root: Path, out: str | None) -> Path:
+    """sweep.png of a sweep's root, into out (default: <root>/plots)."""
+    if not root.is_dir():
+        raise UserError(f"--sweep {root} is not a folder.")
+    folder = _output_folder(Path(out) if out else root / "plots")
+    plot_sweep(root, folder)
+    return folder
+
+
+def _output_folder(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out} cannot be used as a folder ({error.strerror}).") from None
+    return out
 
 
 def draw(args: argparse.Namespace) -> Path:
@@ -155,11 +224,7 @@ def draw(args: argparse.Namespace) -> Path:
     for workdir in workdirs:
         if not (workdir / "metrics.jsonl").is_file():
             raise UserError(f"{workdir} has no metrics.jsonl: is it a jaxmnist workdir?")
-    out = Path(args.out) if args.out else workdirs[0] / "plots"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out {out} cannot be used as a folder ({error.strerror}).") from None
+    out = _output_folder(Path(args.out) if args.out else workdirs[0] / "plots")
     plot_curves(workdirs, out)
 
     # The per-image figures describe the first run's best checkpoint, on the data it trained on.

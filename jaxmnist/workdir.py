@@ -199,17 +199,20 @@ def discard_previous_run(path: Path) -> list[str]:
     return removed
 
 
-def check_resumable(saved: dict[str, Any], config: Config) -> None:
-    """Refuse to continue a run whose recorded recipe differs: it would compute other numbers.
-
-    More --epochs may continue a step schedule (its decay ignores the total), not a cosine one.
-    """
+def recipe_differences(saved: dict[str, Any], config: Config) -> list[str]:
+    """The recorded recipe's settings that config changes, as '--flag old -> new'; empty when a
+    resume may continue the run. More --epochs may continue a step schedule (its decay ignores the
+    total), not a cosine one."""
     current = config.recipe_dict()
-    differing = [name for name in current if saved.get(name, _DEFAULTS[name]) != current[name]
-                 and not (name == "epochs" and config.schedule == "step")]
+    return [f"--{name.replace('_', '-')} {saved.get(name, _DEFAULTS[name])} -> {current[name]}" for name in current
+            if saved.get(name, _DEFAULTS[name]) != current[name] and not (name == "epochs" and config.schedule == "step")]
+
+
+def check_resumable(saved: dict[str, Any], config: Config) -> None:
+    """Refuse to continue a run whose recorded recipe differs: it would compute other numbers."""
+    differing = recipe_differences(saved, config)
     if differing:
-        settings = ", ".join(f"--{n.replace('_', '-')} {saved.get(n, _DEFAULTS[n])} -> {current[n]}" for n in differing)
         raise WorkdirError(
-            f"{config.workdir} holds a run with different settings ({settings}); "
+            f"{config.workdir} holds a run with different settings ({', '.join(differing)}); "
             "use another --workdir, or --restart to discard that run."
         )

@@ -1,4 +1,4 @@
-"""Whole runs as child processes, for the scripts that compare them (ablation, bench, resume_check)."""
+"""Whole runs as child processes, for the scripts that compare them (bench, resume_check)."""
 
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -34,3 +35,38 @@ def test_plot_refuses_a_directory_that_is_not_a_run(tmp_path):
     result = _plot("--workdir", str(tmp_path))
     assert result.returncode == 1
     assert result.stderr.strip() == f"{tmp_path} has no metrics.jsonl: is it a jaxmnist workdir?"
+
+
+def _recorded_run(folder: Path, epochs=2, **recipe) -> Path:
+    """A workdir's records alone, as a finished run leaves them: config.json and metrics.jsonl."""
+    folder.mkdir(parents=True)
+    config = Config(**recipe).to_dict()
+    (folder / "config.json").write_text(json.dumps({"written_by": "jaxmnist", "config": config}))
+    records = [{"kind": "epoch", "epoch": e, "step": 4 * e, "lr": config["lr"], "train_loss": 1.0 / e,
+                "test_loss": 1.2 / e, "test_accuracy": 90.0 + e + config["seed"]} for e in range(1, epochs + 1)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_overlays_name_each_run_by_what_differs_in_its_recipe(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plot
+
+    a = _recorded_run(tmp_path / "mnist", lr=3e-3, dropout=0.3, seed=1, workdir="elsewhere")
+    b = _recorded_run(tmp_path / "b" / "mnist", lr=1e-3, dropout=0.3, seed=0)
+    assert plot.run_labels([a, b]) == ["lr=0.003, seed=1", "lr=0.001, seed=0"]  # not "mnist" twice
+    same = _recorded_run(tmp_path / "same", lr=3e-3, dropout=0.3, seed=1)
+    assert plot.run_labels([a, same]) == ["mnist", "same"]  # nothing differs: the folders' names
+
+
+def test_a_sweep_is_drawn_as_its_combinations_mean_curves(tmp_path):
+    for lr in (1e-3, 3e-3):
+        for seed in (0, 1):
+            _recorded_run(tmp_path / "sweep" / f"lr={lr}_seed={seed}", lr=lr, seed=seed)
+    (tmp_path / "sweep" / "summary.md").write_text("not a run")
+    result = _plot("--sweep", str(tmp_path / "sweep"))
+    assert result.returncode == 0, result.stderr
+    png = tmp_path / "sweep" / "plots" / "sweep.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    empty = _plot("--sweep", str(tmp_path / "sweep" / "plots"))
+    assert (empty.returncode, empty.stderr) == (1, f"{tmp_path / 'sweep' / 'plots'} holds no jaxmnist runs: is it a sweep's --root?\n")

@@ -1,4 +1,4 @@
-"""The scripts that compare whole runs: which runs they reuse, and how they report a failed one."""
+"""The scripts that compare whole runs: the ablation (a sweep) and the GPU check."""
 
 import json
 import os
@@ -6,46 +6,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jaxmnist.config import RECIPES, Config
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))  # as when a script runs: its siblings are importable
-
-from ablation import final_accuracy  # noqa: E402
 
 
-def _finished_run(path: Path, epochs_done: int, **knobs) -> Path:
-    path.mkdir()
-    config = Config(**knobs).to_dict()
-    (path / "config.json").write_text(json.dumps({"config": config}))
-    records = [{"kind": "epoch", "epoch": e, "test_accuracy": 80.0 + e} for e in range(1, epochs_done + 1)]
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-def test_ablation_reuses_only_a_finished_run_with_the_same_knobs(tmp_path):
-    flags = ["--recipe", "improved", "--seed", "1"]
-    knobs = RECIPES["improved"]
-    done = _finished_run(tmp_path / "done", 15, seed=1, workdir="elsewhere", **knobs)
-    assert final_accuracy(done, flags) == 95.0  # where it ran and the preset's name do not matter
-    assert final_accuracy(_finished_run(tmp_path / "cut", 9, seed=1, **knobs), flags) is None
-    assert final_accuracy(_finished_run(tmp_path / "seed", 15, seed=2, **knobs), flags) is None
-    older_preset = {**knobs, "weight_decay": 0.0, "label_smoothing": 0.1}
-    assert final_accuracy(_finished_run(tmp_path / "old", 15, seed=1, **older_preset), flags) is None
-    assert final_accuracy(tmp_path / "missing", flags) is None
-
-
-def test_a_failed_run_is_one_line_naming_the_trainers_reason(tmp_path):
+def test_the_ablation_is_a_sweep_definition(tmp_path):
+    """Its combinations go through jaxmnist.sweep: the same workdirs, flags and job-array script."""
+    script = tmp_path / "ablation.sbatch"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "ablation.py"), "--idx-dir", str(tmp_path / "nope"), "--seeds", "0",
-         "--only", "lab recipe (5 epochs)", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 1
-    log = tmp_path / "out" / "lab-seed0.log"
-    assert result.stderr == (f"lab recipe (5 epochs), seed 0 failed: --idx-dir {tmp_path / 'nope'} is not a directory; "
-                             f"it should hold the four MNIST IDX files. (all it printed: {log})\n")
-    assert "is not a directory" in log.read_text()
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "ablation.py"), "--seeds", "0", "1", "--root",
+                             str(tmp_path / "ablation"), "--slurm", str(script), "--", "--idx-dir", "mnist-idx"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    text = script.read_text()
+    assert "#SBATCH --array=0-17\n" in text  # 9 combinations x 2 seeds
+    for task, name in ((0, "seed=0"), (5, "dropout=0.3_seed=1"), (10, "lr=3e-3_warmup-epochs=1_seed=0"),
+                       (17, "recipe=improved_seed=1")):
+        assert f"#   task {task}: {name}\n" in text
+    assert f"exec {sys.executable} {ROOT / 'scripts' / 'ablation.py'} --seeds 0 1 --root {tmp_path / 'ablation'} " \
+           '--array-task "$SLURM_ARRAY_TASK_ID" -- --idx-dir mnist-idx' in text
+    refused = subprocess.run([sys.executable, str(ROOT / "scripts" / "ablation.py"), "--grid", "lr=1,2"],
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert (refused.returncode, refused.stderr) == (1, "This sweep defines its own combinations; it takes no --grid.\n")
 
 
 def test_the_gpu_check_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
