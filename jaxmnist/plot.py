@@ -33,7 +33,7 @@ from jaxmnist.errors import UserError  # noqa: E402
 from jaxmnist.evaluate import evaluate_checkpoint, load_run_data, read_run, write_report  # noqa: E402
 from jaxmnist.loops import epoch_order  # noqa: E402
 from jaxmnist.reporting import MetricsLog, quiet_libraries  # noqa: E402
-from jaxmnist.steps import derive_keys  # noqa: E402
+from jaxmnist.steps import derive_keys, split_step_key  # noqa: E402
 from jaxmnist.sweep.plan import differing_settings, label  # noqa: E402
 from jaxmnist.workdir import check_path_argument, is_run  # noqa: E402
 
@@ -123,11 +123,12 @@ def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16
     keys = derive_keys(config.seed)
     order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(dataset.train_images), config.batch_size)
     ids = np.asarray(order.indices[0])
-    images = random_transform(jax.random.fold_in(keys.augment, 0), dataset.train_images[ids], config.rotation, config.translate)
+    augment_key, _ = split_step_key(jax.random.fold_in(keys.augment, 0))  # step 0's, as the train step splits it
+    images = random_transform(augment_key, dataset.train_images[ids], config.rotation, config.translate)
     fig, axes = plt.subplots(2, count // 2, figsize=(count * 0.75, 4.2))
-    for ax, image, label in zip(axes.flat, np.asarray(images), dataset.train_labels[ids]):
+    for ax, image, digit in zip(axes.flat, np.asarray(images), dataset.train_labels[ids]):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(str(label))
+        ax.set_title(str(digit))
         ax.axis("off")
     fig.suptitle(f"First training batch of epoch 1, as the model sees it (rotation +-{config.rotation:g} degrees"
                  + (f", shift +-{config.translate} pixels)" if config.translate else ")"))

@@ -134,9 +134,15 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array, 
     return jnp.sum(cross_entropy(logits, labels, label_smoothing) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def split_step_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A step's key -> (augmentation key, dropout key): each purpose its own split."""
+    augment_key, dropout_key = jax.random.split(key)
+    return augment_key, dropout_key
+
+
 def train_step(state: TrainState, batch: Batch, key: jax.Array, options: StepOptions) -> tuple[TrainState, jax.Array]:
     """One Adam update on a batch, augmented on the device with key; returns the batch loss."""
-    augment_key, dropout_key = jax.random.split(key)
+    augment_key, dropout_key = split_step_key(key)
     images = normalize(random_transform(augment_key, batch.images, options.rotation, options.translate))  # [B, 28, 28, 1]
 
     def loss_fn(params):

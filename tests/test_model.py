@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from jaxmnist.config import Config
 from jaxmnist.models import MODELS, build_model

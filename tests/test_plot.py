@@ -49,8 +49,7 @@ def _recorded_run(folder: Path, epochs=2, **recipe) -> Path:
 
 
 def test_overlays_name_each_run_by_what_differs_in_its_recipe(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import plot
+    from jaxmnist import plot
 
     a = _recorded_run(tmp_path / "mnist", lr=3e-3, dropout=0.3, seed=1, workdir="elsewhere")
     b = _recorded_run(tmp_path / "b" / "mnist", lr=1e-3, dropout=0.3, seed=0)
