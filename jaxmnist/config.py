@@ -17,6 +17,7 @@ import sys
 from typing import Any, Sequence
 
 SEED_LIMIT = 2**64  # seeds are 64-bit: derive_keys folds the high 32 bits in
+MODEL_NAMES = ("lab", "resnet")  # jaxmnist.models.MODELS's keys, named here so --help needs no JAX
 
 
 def _recipe(default: Any, help: str, metavar: str | None = None, **extra: Any) -> Any:
@@ -43,7 +44,7 @@ class Config:
 
     # --- the recipe ------------------------------------------------------------------------------
     model: str = _recipe("lab", "the network (jaxmnist/models): lab (the lab's two-conv CNN) or resnet (a small "
-                         "residual network with BatchNorm)", "{lab,resnet}", choices=("lab", "resnet"))
+                         "residual network with BatchNorm)", "{lab,resnet}", choices=MODEL_NAMES)
     epochs: int = _recipe(5, "passes over the 60,000 training images", "N")
     batch_size: int = _recipe(64, "training images per step; the last, smaller batch of an epoch is kept", "N")
     lr: float = _recipe(1e-3, "Adam's learning rate before any decay", "RATE")

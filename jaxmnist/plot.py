@@ -118,6 +118,36 @@ def plot_sweep(root: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def plot_structure(config: Config, out: Path) -> None:
+    """structure.png: the run's network as a column of its layers (the lab report's Figure 3), each
+    with its output shape and parameters; blocks of layers as one box (jaxmnist.summary lists all)."""
+    from jaxmnist.models import build_model
+    from jaxmnist.summary import layers
+
+    rows = layers(build_model(config))
+    parameters: dict[str, int] = {}
+    for row in rows:  # a block's box counts the parameters of the layers inside it
+        top = row.name.split("/")[0].split(" ")[0]
+        parameters[top] = parameters.get(top, 0) + row.parameters
+    boxes = [row for row in rows if row.depth == 0]
+    fig, ax = plt.subplots(figsize=(4.2, 0.55 * (len(boxes) + 1)))
+    for i, row in enumerate([None, *boxes]):
+        y = len(boxes) - i
+        name, shape = ("input", "28x28x1") if row is None else (row.name, "x".join(map(str, row.output)))
+        count = parameters.get(name.split(" ")[0], 0) if row is not None else 0
+        text = f"{name}   {shape}" + (f"   {count:,} params" if count else "")
+        ax.text(0.5, y, text, ha="center", va="center", fontsize=8,
+                bbox={"boxstyle": "round", "facecolor": "#dde8f5" if count else "#f2f2f2", "edgecolor": "#6a7f99"})
+        if i:
+            ax.annotate("", xy=(0.5, y + 0.25), xytext=(0.5, y + 0.75), arrowprops={"arrowstyle": "->", "color": "#6a7f99"})
+    total = sum(parameters.values())
+    ax.set(xlim=(0, 1), ylim=(-0.6, len(boxes) + 0.6), title=f"{config.model}: {total:,} parameters")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "structure.png", dpi=110)
+    plt.close(fig)
+
+
 def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16) -> None:
     """The first images of epoch 1's first batch, shuffled and rotated exactly as training saw them."""
     keys = derive_keys(config.seed)
@@ -195,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Stopped.", file=sys.stderr)
         return 130
-    print(f"Wrote {'sweep.png' if args.sweep else 'curves.png, samples.png, confusion.png and errors.png'} to {out}")
+    print(f"Wrote {'sweep.png' if args.sweep else 'curves.png, samples.png, structure.png, confusion.png and errors.png'} to {out}")
     return 0
 
 
@@ -240,6 +270,7 @@ def draw(args: argparse.Namespace) -> Path:
         with contextlib.suppress(OSError):  # a read-only workdir only costs recomputing next time
             write_report(workdir, report)
     plot_samples(config, dataset, out)
+    plot_structure(config, out)
     plot_confusion(report, out)
     plot_errors(report, dataset, out)
     return out

@@ -150,3 +150,26 @@ def test_the_resnet_evaluates_with_its_running_statistics():
     # Evaluation uses the running statistics: one image's logits do not depend on its batch.
     alone = model.apply(variables, x[:1])
     np.testing.assert_allclose(model.apply(variables, x)[:1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_the_summary_shows_the_labs_layers_and_its_28938_parameters(capsys):
+    from jaxmnist import summary
+
+    assert summary.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines]
+    assert [r[0] for r in rows[2:10]] == ["conv1", "relu", "max_pool", "conv2", "relu", "max_pool", "Dropout_0", "fc"]
+    assert rows[2][2:] == ["28x28x16", "416", "313,600"]  # 16 * (5*5*1 + 1); 28*28*16 outputs of 25 each
+    assert rows[7][2:] == ["7x7x32"]
+    assert rows[-1] == ["total", "28,938", "2,838,080"]
+
+
+def test_the_summary_counts_every_parameter_of_every_model():
+    from jaxmnist.summary import layers
+
+    for name, build in MODELS.items():
+        model = build({"dropout": 0.0})
+        rows = layers(model)
+        params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+        assert sum(r.parameters for r in rows) == sum(x.size for x in jax.tree.leaves(params)), name
+        assert rows[-1].output == (10,)

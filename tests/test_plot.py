@@ -24,7 +24,7 @@ def test_plot_writes_every_figure_from_a_tiny_run(tmp_path):
     run.train_and_evaluate(Config(workdir=str(workdir), idx_dir=str(idx_dir), epochs=2, eval_batch_size=16, allow_small_data=True))
     result = _plot("--workdir", str(workdir))
     assert result.returncode == 0, result.stderr
-    for name in ("curves", "samples", "confusion", "errors"):
+    for name in ("curves", "samples", "structure", "confusion", "errors"):
         png = workdir / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 10_000  # a drawn figure, not an empty canvas
