@@ -43,7 +43,7 @@ class TrainTotals(NamedTuple):
 
     @classmethod
     def zeros(cls) -> "TrainTotals":
-        return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        return cls(np.zeros((), np.float32), np.zeros((), np.float32))  # NumPy: placed, not computed
 
 
 RunSteps = Callable[..., tuple[train_state.TrainState, TrainTotals, jax.Array]]
@@ -166,8 +166,8 @@ def evaluate(model, variables, batches: Batch, batch_sharding=None, with_probabi
     """Forward pass of model with variables over every batch: summed totals, and (unless not
     wanted) the probabilities [N, 10] of the real images."""
     totals, probabilities, lockstep = None, [], one_program_at_a_time(batch_sharding)
-    # The batch numbers go to the device once, not one implicit transfer per batch.
-    for index in jax.device_put(np.arange(batches.images.shape[0], dtype=np.int32)):
+    # Each batch number goes to the device explicitly (an implicit transfer per batch otherwise).
+    for index in jax.device_put([np.int32(i) for i in range(batches.images.shape[0])]):
         batch_totals, batch_probabilities = _eval_batch(model, variables, batches, index, batch_sharding=batch_sharding)
         if lockstep:
             jax.block_until_ready(batch_totals)

@@ -144,7 +144,7 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
         (keys, state, TrainTotals.zeros(), DeviceDataset(dataset.train_images, dataset.train_labels), test_batches), mesh)
     batch_sharding = parallel.batch_sharded(mesh)
     run_steps = make_runner(config.loop, jax.default_backend(), StepOptions.from_config(config), batch_sharding)
-    schedule = learning_rate_schedule(config, num_steps)
+    schedule = jax.jit(learning_rate_schedule(config, num_steps))  # for the records: one program, not one per op
     identity = run_identity(config, source, mesh.devices.size)
 
     checkpoints = Checkpoints(path / "checkpoints")

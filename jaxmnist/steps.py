@@ -6,6 +6,7 @@ reuses eval_step, so training and evaluation measure the same thing.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -65,6 +66,7 @@ class EvalTotals(NamedTuple):
     count: jax.Array
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one compiled program, not one per random operation
 def derive_keys(seed: int) -> Keys:
     """Split the seed (0 to 2**64-1) into named streams, so adding a stream later never shifts the
     others. jax.random.key takes 32 bits here; the high 32 are folded in, so no two seeds collide."""
@@ -98,25 +100,24 @@ def learning_rate_schedule(config: Config, steps_in_epoch: int) -> optax.Schedul
     return lambda step: step_decay(step) * jnp.minimum(1.0, step / warmup)
 
 
-def init_variables(model: nn.Module, key: jax.Array) -> dict[str, Any]:
-    """A fresh model's variables: "params", and "batch_stats" where it has BatchNorm."""
-    # Jitted: one compiled program instead of dozens of op-by-op ones.
-    return jax.jit(model.init)(key, jnp.zeros((1, 28, 28, 1), jnp.float32))
-
-
 def create_train_state(config: Config, key: jax.Array, steps_in_epoch: int) -> TrainState:
     """A fresh model of --model with Adam(b1=0.9, b2=0.999, eps=1e-8) and the schedule; AdamW when
     --weight-decay is set."""
     model = build_model(config)
-    variables = init_variables(model, key)
-    params = variables["params"]
     schedule = learning_rate_schedule(config, steps_in_epoch)
     if config.weight_decay:
-        kernels_only = jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+        kernels_only = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)  # noqa: E731
         optimizer = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay, mask=kernels_only)
     else:  # the lab's optimizer, and its optimizer state's layout
         optimizer = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=optimizer, batch_stats=variables.get("batch_stats", {}))
+
+    @jax.jit  # one compiled program for the whole state: op by op, every draw and zeros would be one
+    def initial_state(key: jax.Array) -> TrainState:
+        variables = model.init(key, jnp.zeros((1, 28, 28, 1), jnp.float32))
+        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optimizer,
+                                 batch_stats=variables.get("batch_stats", {}))
+
+    return initial_state(key)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 from pathlib import Path
 
 # On a GPU machine: this process must not take most of the GPU's memory before the training
@@ -20,6 +21,13 @@ from jaxmnist.data import _IDX_FILES, MNIST  # noqa: E402
 # The arithmetic of the default --precision float32, which training sets in run.configure_jax:
 # in-process tests compare with float32 references, and GPUs would otherwise use TF32.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# Compiled programs are shared between tests (and test runs) through JAX's persistent cache, as the
+# training command shares them between runs: many tests build the same tiny model and step. The
+# training processes that tests start get the same folder (--cache-dir COMPILE_CACHE).
+COMPILE_CACHE = Path(tempfile.gettempdir()) / "jaxmnist-test-cache"
+jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE / "xla"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 # Real MNIST, for the few tests that need real digits (a model that reads handwriting, TFDS against
 # IDX): a prepared copy beside the checkout, as ../shared/data/mnist-idx (the four IDX files) and

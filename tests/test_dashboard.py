@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_mnist, write_idx
+from conftest import COMPILE_CACHE, make_mnist, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def idx_dir(tmp_path_factory):
 def _command(idx_dir, workdir, *flags):
     return [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir), "--epochs", "2",
             "--batch-size", "8", "--log-every", "10", "--eval-batch-size", "10", "--allow-small-data",
-            "--cache-dir", "/tmp/jaxmnist-test-cache", *flags]
+            "--cache-dir", str(COMPILE_CACHE), *flags]
 
 
 def _events(folder: Path) -> list[tuple[str, int, float]]:

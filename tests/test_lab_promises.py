@@ -23,6 +23,7 @@ from jaxmnist.loops import evaluate, stack_batches
 from jaxmnist.models import build_model
 from jaxmnist.prepare import NotADigit, prepare_digit
 from jaxmnist.steps import create_train_state
+from conftest import run_results
 
 
 def _config(tmp_path, *flags: str, name: str = "run"):
@@ -214,3 +215,21 @@ def test_pictures_of_either_polarity_give_the_same_digit():
     assert light_on_dark.max() == 255 and light_on_dark[0].max() == 0  # white ink, black border
     with pytest.raises(NotADigit, match="no ink"):
         prepare_digit(np.zeros((28, 28), np.uint8))
+
+
+def test_a_resnet_run_resumes_exactly_with_its_batchnorm_statistics(tmp_path, tiny_mnist):
+    """BatchNorm's running statistics are part of what a checkpoint holds: a run continued from
+    epoch 1 computes what an uninterrupted one does, bit for bit, and evaluates with them."""
+    def finish(name, *epochs):
+        for count in epochs:
+            run.train_and_evaluate(_config(tmp_path, "--model", "resnet", "--epochs", count, name=name), tiny_mnist)
+        records, _ = run_results(tmp_path / name)
+        checkpoints = Checkpoints(tmp_path / name / "checkpoints", read_only=True)
+        return records, checkpoints.restore_variables(checkpoints.latest_step())[0]
+
+    straight_records, straight = finish("straight", "2")
+    resumed_records, resumed = finish("resumed", "1", "2")
+    assert resumed_records == straight_records
+    assert set(straight) == {"params", "batch_stats"}
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+        np.testing.assert_array_equal(a, b)

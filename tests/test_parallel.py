@@ -15,7 +15,7 @@ import pytest
 
 from jaxmnist.checkpoint import Checkpoints
 from jaxmnist.evaluate import evaluate_checkpoint, restore_model
-from conftest import make_mnist, write_idx
+from conftest import COMPILE_CACHE, make_mnist, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -29,7 +29,7 @@ def idx_dir(tmp_path_factory):
 def _train(idx_dir, workdir, *extra, env=None):
     command = [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir),
                "--batch-size", "16", "--log-every", "4", "--eval-batch-size", "16", "--allow-small-data",
-               "--cache-dir", "/tmp/jaxmnist-test-cache", *extra]
+               "--cache-dir", str(COMPILE_CACHE), *extra]
     # JAX_PLATFORMS=cpu: these tests simulate devices and processes on the CPU, GPU or not.
     return subprocess.Popen(command, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxmnist.checkpoint import Checkpoints
-from conftest import make_mnist, write_idx, run_results as _results
+from conftest import COMPILE_CACHE, make_mnist, write_idx, run_results as _results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def idx_dir(tmp_path_factory):
 
 
 # One cache for every run here: each subprocess skips compiling what another one compiled.
-CACHE_DIR = Path("/tmp/jaxmnist-test-cache")
+CACHE_DIR = COMPILE_CACHE
 
 
 def _command(idx_dir, workdir, *extra):

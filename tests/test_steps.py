@@ -70,3 +70,50 @@ def test_python_and_device_loops_compute_the_same_update(tiny_mnist):
     assert float(python_totals.images) == float(device_totals.images) == 200
     for a, b in zip(jax.tree.leaves(python_state.params), jax.tree.leaves(device_state.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _placed(tiny_mnist):
+    keys = derive_keys(0)
+    state = create_train_state(Config(), keys.init, steps_in_epoch=4)
+    data = DeviceDataset(jnp.asarray(tiny_mnist.train_images), jnp.asarray(tiny_mnist.train_labels))
+    return keys, state, jax.device_put(TrainTotals.zeros()), data, epoch_order(keys.shuffle, 200, 64)
+
+
+def test_a_chunk_of_steps_sends_nothing_to_the_device_implicitly(tiny_mnist):
+    """big_vision's guard: every host-to-device copy is explicit. The batch index comes from the
+    state's step count, so the loops pass no Python integer per step."""
+    for runner in (run_steps_python, run_steps_device):
+        keys, state, totals, data, order = _placed(tiny_mnist)
+        with jax.transfer_guard("disallow"):
+            state, totals, loss = runner(state, totals, data, order, 3, keys.augment, StepOptions(rotation=10.0))
+        assert int(state.step) == 3 and float(totals.images) == 192
+
+
+def test_the_compiled_loop_has_a_known_trip_count(tiny_mnist):
+    """A while loop whose length XLA does not know asks the host after every step on a GPU."""
+    keys, state, totals, data, order = _placed(tiny_mnist)
+    hlo = run_steps_device.lower(state, totals, data, order, 3, keys.augment, StepOptions(rotation=10.0)).compile().as_text()
+    loops = [line for line in hlo.splitlines() if " while(" in line]
+    assert loops and all("known_trip_count" in line for line in loops)
+
+
+MAX_PROGRAMS = 8  # measured 2026-11-29: 8 for a one-epoch run (23 before state and keys became one program each)
+
+
+def test_a_one_epoch_run_compiles_few_programs(tmp_path, tiny_mnist):
+    """Every compiled program costs start-up time: the state is made in one program, not one per
+    random draw and zeros, and the step and evaluation are one program each."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import write_idx
+
+    idx = write_idx(tmp_path / "idx", tiny_mnist)
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx), "--workdir", str(tmp_path / "run"), "--epochs", "1",
+         "--allow-small-data", "--cache-dir", "", "--no-progress"],
+        capture_output=True, text=True, env={**os.environ, "JAX_LOG_COMPILES": "1", "JAX_PLATFORMS": "cpu"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    compiled = [line for line in result.stderr.splitlines() if "Compiling " in line]
+    assert 3 <= len(compiled) <= MAX_PROGRAMS, "\n".join(compiled)

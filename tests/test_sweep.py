@@ -17,10 +17,10 @@ from jaxmnist.sweep.command import main
 from jaxmnist.sweep.plan import Status, SweepError, epoch_records, parse_grid, plan, status
 from jaxmnist.sweep.pool import core_shares
 from jaxmnist.workdir import WorkdirError
-from conftest import make_mnist, write_idx
+from conftest import COMPILE_CACHE, make_mnist, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE_DIR = "/tmp/jaxmnist-test-cache"  # shared with the other tests that start training processes
+CACHE_DIR = str(COMPILE_CACHE)  # shared with the other tests that start training processes
 TINY = ["--allow-small-data", "--epochs", "1", "--eval-batch-size", "10"]
 
 

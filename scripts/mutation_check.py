@@ -1,0 +1,174 @@
+"""Put plausible bugs back, one at a time, and check that the test suite notices each of them.
+
+    python scripts/mutation_check.py                 # every mutation: about 15-25 minutes on 2 cores
+    python scripts/mutation_check.py --only eps best # some of them, by name
+    python scripts/mutation_check.py --full          # each against the whole default suite (hours)
+
+Each mutation is one textual change of the code (a bug a person could plausibly write), applied to
+a copy of the checkout in a temporary folder; the test files most likely to notice it run there. A
+mutation is "killed" when they fail, "survived" when they pass. The table goes to stdout as
+Markdown; the latest one is in docs/testing.md. Exit status 1 when any mutation survived or no
+longer applies (its original text is gone: update the list with the code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Mutation(NamedTuple):
+    name: str
+    bug: str  # what a user would suffer
+    file: str
+    original: str  # must occur exactly once in file
+    mutated: str
+    tests: tuple[str, ...]  # the test files that should notice
+
+
+MUTATIONS = [
+    Mutation("restart-everything", "--restart removes the user's own folders too", "jaxmnist/workdir.py",
+             "    for name in RUN_OUTPUTS:\n        target = path / name",
+             "    for name in [*RUN_OUTPUTS, *(p.name for p in path.iterdir() if p.is_dir())]:\n        target = path / name",
+             ("tests/test_lab_promises.py", "tests/test_workdir.py")),
+    Mutation("best-is-latest", "'best' is the latest epoch", "jaxmnist/checkpoint.py",
+             "return max(with_metrics, key=lambda s: _rank(self.metrics(s))) if with_metrics else None",
+             "return max(with_metrics) if with_metrics else None", ("tests/test_lab_promises.py", "tests/test_train.py")),
+    Mutation("best-by-step", "the best checkpoint is ranked by step", "jaxmnist/checkpoint.py",
+             'return metrics["test_accuracy"], -metrics["step"]', 'return metrics["step"], 0',
+             ("tests/test_lab_promises.py", "tests/test_train.py")),
+    Mutation("accuracy-fraction", "test accuracy stored as a fraction, not a percentage", "jaxmnist/run.py",
+             '"test_accuracy": 100.0 * int(eval_totals.correct) / count', '"test_accuracy": int(eval_totals.correct) / count',
+             ("tests/test_lab_promises.py", "tests/test_train.py")),
+    Mutation("no-dropout", "dropout never applied in training", "jaxmnist/steps.py",
+             "images, train=True, rngs=", "images, train=False, rngs=", ("tests/test_lab_promises.py", "tests/test_recipes.py")),
+    Mutation("normalize-swapped", "the normalization's mean and std swapped", "jaxmnist/augment.py",
+             "MNIST_MEAN = 0.1307\nMNIST_STD = 0.3081", "MNIST_MEAN = 0.3081\nMNIST_STD = 0.1307",
+             ("tests/test_lab_promises.py", "tests/test_augment.py")),
+    Mutation("no-rotation", "--rotation never reaches the train step", "jaxmnist/steps.py",
+             "return cls(config.rotation, config.translate, config.label_smoothing)",
+             "return cls(0.0, config.translate, config.label_smoothing)", ("tests/test_lab_promises.py", "tests/test_steps.py")),
+    Mutation("no-label-smoothing", "--label-smoothing never reaches the train step", "jaxmnist/steps.py",
+             "return cls(config.rotation, config.translate, config.label_smoothing)",
+             "return cls(config.rotation, config.translate, 0.0)", ("tests/test_lab_promises.py", "tests/test_recipes.py")),
+    Mutation("same-order", "the same batch order every epoch", "jaxmnist/run.py",
+             "epoch_order(jax.random.fold_in(keys.shuffle, epoch)", "epoch_order(jax.random.fold_in(keys.shuffle, 1)",
+             ("tests/test_lab_promises.py", "tests/test_steps.py")),
+    Mutation("same-angles", "the same rotation angles at every step", "jaxmnist/loops.py",
+             "train_step(state, batch, jax.random.fold_in(augment_key, state.step), options)",
+             "train_step(state, batch, augment_key, options)", ("tests/test_golden.py", "tests/test_steps.py")),
+    Mutation("padding-counted", "padded test images counted as correct", "jaxmnist/steps.py",
+             "correct=jnp.sum(hits * batch.mask.astype(jnp.int32))", "correct=jnp.sum(hits)",
+             ("tests/test_lab_promises.py", "tests/test_evaluate.py")),
+    Mutation("loss-mask-ignored", "the training loss averages the padding too", "jaxmnist/steps.py",
+             "return jnp.sum(cross_entropy(logits, labels, label_smoothing) * mask) / jnp.maximum(jnp.sum(mask), 1.0)",
+             "return jnp.mean(cross_entropy(logits, labels, label_smoothing))", ("tests/test_steps.py", "tests/test_golden.py")),
+    Mutation("always-invert", "predict always inverts the picture", "jaxmnist/prepare.py",
+             "ink = grey - paper if paper < 0.5 else paper - grey", "ink = paper - grey",
+             ("tests/test_lab_promises.py", "tests/test_predict.py")),
+    Mutation("adam-eps", "Adam's eps 1e-6 instead of the lab's 1e-8", "jaxmnist/steps.py",
+             "optimizer = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)",
+             "optimizer = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-6)", ("tests/test_lab_promises.py",)),
+    Mutation("adam-b2", "Adam's b2 0.99 instead of 0.999", "jaxmnist/steps.py",
+             "optimizer = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)",
+             "optimizer = optax.adam(schedule, b1=0.9, b2=0.99, eps=1e-8)", ("tests/test_lab_promises.py",)),
+    Mutation("decay-late", "the step decay one epoch late", "jaxmnist/steps.py",
+             "transition_steps=config.lr_decay_epochs * steps_in_epoch",
+             "transition_steps=(config.lr_decay_epochs + 1) * steps_in_epoch", ("tests/test_lab_promises.py", "tests/test_steps.py")),
+    Mutation("decay-factor", "the step decay's factor ignored", "jaxmnist/steps.py",
+             "decay_rate=config.lr_decay, staircase=True", "decay_rate=0.1, staircase=True", ("tests/test_lab_promises.py",)),
+    Mutation("rotation-sign", "images rotated the other way", "jaxmnist/augment.py",
+             "theta = jnp.deg2rad(degrees.astype(jnp.float32))[:, None, None]",
+             "theta = -jnp.deg2rad(degrees.astype(jnp.float32))[:, None, None]", ("tests/test_augment.py",)),
+    Mutation("pool-ceil", "pooling pads odd sizes instead of flooring them", "jaxmnist/models/layers.py",
+             "height, width = height // window * window, width // window * window",
+             "height, width = -(-height // window) * window, -(-width // window) * window", ("tests/test_model.py",)),
+    Mutation("batchnorm-frozen", "BatchNorm's running statistics never updated", "jaxmnist/steps.py",
+             'batch_stats=updates.get("batch_stats", state.batch_stats)', "batch_stats=state.batch_stats",
+             ("tests/test_model.py",)),
+    Mutation("batchnorm-not-saved", "BatchNorm statistics left out of checkpoints", "jaxmnist/checkpoint.py",
+             'model_state = {"batch_stats": state.batch_stats} if state.batch_stats else {}\n        arrays',
+             "model_state = {}\n        arrays", ("tests/test_lab_promises.py", "tests/test_golden.py")),
+    Mutation("digest-unchecked", "a flipped bit in a checkpoint goes unnoticed", "jaxmnist/checkpoint.py",
+             'recorded = meta.get("digests") if isinstance(meta, dict) else None', "recorded = None",
+             ("tests/test_evaluate.py", "tests/test_integrity.py")),
+    Mutation("last-test-batch-dropped", "the last test batch is never evaluated", "jaxmnist/loops.py",
+             "jax.device_put([np.int32(i) for i in range(batches.images.shape[0])])",
+             "jax.device_put([np.int32(i) for i in range(batches.images.shape[0] - 1)])",
+             ("tests/test_lab_promises.py", "tests/test_train.py")),
+    Mutation("weight-decay-biases", "weight decay applied to the biases too", "jaxmnist/steps.py",
+             'lambda path, _: path[-1].key == "kernel"', "lambda path, _: True", ("tests/test_recipes.py",)),
+    Mutation("any-host", "the drawing page answers any Host header", "jaxmnist/serve.py",
+             "middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))]",
+             'middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["*"])]', ("tests/test_serve.py",)),
+]
+
+
+def _copy_checkout(target: Path) -> None:
+    """The checkout's files that git tracks or would track (the working tree as it is), not .venv."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def try_mutation(mutation: Mutation, scratch: Path, full: bool) -> tuple[str, float]:
+    """(outcome, seconds): killed, survived, or 'does not apply'."""
+    path = scratch / mutation.file
+    text = path.read_text()
+    if text.count(mutation.original) != 1:
+        return "does not apply", 0.0
+    path.write_text(text.replace(mutation.original, mutation.mutated))
+    try:
+        tests = [] if full else list(mutation.tests)
+        env = {**os.environ, "PYTHONPATH": str(scratch)}
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                                cwd=scratch, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if result.returncode == 0:
+            return "survived", seconds
+        if result.returncode == 1:
+            return "killed", seconds
+        return f"error (pytest exit {result.returncode})", seconds
+    finally:
+        path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run these mutations only")
+    parser.add_argument("--full", action="store_true", help="run the whole default suite against each mutation")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    unknown = set(args.only or ()) - {m.name for m in MUTATIONS}
+    if unknown:
+        parser.error(f"no mutation named {', '.join(sorted(unknown))}; known: {', '.join(m.name for m in MUTATIONS)}")
+    with tempfile.TemporaryDirectory(prefix="jaxmnist-mutations-") as scratch:
+        _copy_checkout(Path(scratch))
+        print("| mutation | the bug | tests run | outcome | seconds |\n|---|---|---|---|---:|", flush=True)
+        outcomes = []
+        for mutation in chosen:
+            outcome, seconds = try_mutation(mutation, Path(scratch), args.full)
+            outcomes.append(outcome)
+            tests = "all" if args.full else ", ".join(Path(t).stem for t in mutation.tests)
+            print(f"| {mutation.name} | {mutation.bug} | {tests} | {outcome} | {seconds:.0f} |", flush=True)
+    killed = outcomes.count("killed")
+    print(f"\n{killed} of {len(outcomes)} mutations killed.")
+    return 0 if killed == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
