@@ -12,12 +12,14 @@ import sys
 from typing import Sequence
 
 COMMANDS = {
-    "train": "train the lab's CNN, test it after every epoch, keep the best checkpoint; resumes",
+    "train": "train the lab's CNN (or --model resnet), test it after every epoch, keep the best; resumes",
     "evaluate": "restore a checkpoint and analyse its errors on the test set",
     "predict": "read the digit in your own pictures",
     "export": "write the model as a jax.export artifact (and ONNX) to run without jaxmnist",
     "serve": "a local page where you draw a digit and watch the model read it",
-    "plot": "a run's figures: curves, samples, confusion matrix, misclassified digits",
+    "plot": "a run's figures: curves, samples, structure, confusion matrix, misclassified digits",
+    "summary": "a model's layers: output shapes, parameters, multiply-adds (--model lab|resnet)",
+    "sweep": "run every combination of seeds and flags as ordinary runs, then a table of mean +- std",
 }
 
 USAGE = "usage: jaxmnist {" + ",".join(COMMANDS) + "} [FLAGS]   (jaxmnist COMMAND --help: its flags)"
@@ -35,7 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"jaxmnist: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
-    return importlib.import_module(f"jaxmnist.{command}").main(flags)
+    return _main_of(importlib.import_module(f"jaxmnist.{command}"))(flags)
+
+
+def _main_of(module):
+    """A command module's main; a package (jaxmnist.sweep) keeps it in its command module."""
+    if hasattr(module, "main"):
+        return module.main
+    return importlib.import_module(f"{module.__name__}.command").main
 
 
 if __name__ == "__main__":

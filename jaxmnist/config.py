@@ -96,6 +96,8 @@ class Config:
     cache_dir: str = _option("~/.cache/jaxmnist", "keep compiled programs (xla/) and MNIST decoded from TFDS here "
                              "between runs; '' = off", "DIR")
     restart: bool = _option(False, "discard what an earlier run wrote in --workdir and start again")
+    profile: bool = _option(False, "trace the steps between the first two log points with jax.profiler into "
+                            "WORKDIR/profile (TensorBoard's profile tab, or Perfetto)")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr_decay_epochs", "log_every", "eval_batch_size"):

@@ -213,7 +213,12 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
                 order_epoch = epoch
                 progress.start(epoch, num_train, min(index * config.batch_size, num_train))
             stop_index = next_boundary(index, num_steps, config.log_every)
-            state, totals, loss = run_steps(state, totals, train_set, order, stop_index - index, keys.augment)
+            # --profile: the chunk after the first log point, compiled by then (TensorBoard's profile tab, Perfetto).
+            trace = path / "profile" if config.profile and index == 1 and parallel.is_main_process() else None
+            with _traced(trace):
+                state, totals, loss = run_steps(state, totals, train_set, order, stop_index - index, keys.augment)
+                if trace:
+                    jax.block_until_ready(loss)  # the trace holds the steps' execution, not only their dispatch
             step += stop_index - index
             progress.advance(min(stop_index * config.batch_size, num_train) - min(index * config.batch_size, num_train))
             evaluated = False
@@ -225,6 +230,20 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
                     raise TrainingStopped(f"The training loss became {loss} at epoch {epoch}, step {step}; stopped. "
                                           + _what_is_kept(checkpoints))
     return records
+
+
+@contextlib.contextmanager
+def _traced(directory: Path | None) -> Iterator[None]:
+    """A jax.profiler trace of the work inside, into directory (None: no trace)."""
+    if directory is None:
+        yield
+        return
+    jax.profiler.start_trace(str(directory))
+    try:
+        yield
+    finally:
+        jax.profiler.stop_trace()
+        log.info("Profile of the steps after the first log point written to %s", directory)
 
 
 def _what_is_kept(checkpoints: Checkpoints) -> str:

@@ -24,8 +24,9 @@ from jaxmnist.errors import UserError
 RUN_MARKER = {"written_by": "jaxmnist"}
 LOCK_FILE = ".jaxmnist.lock"
 # Everything a run and its tools write, and so everything --restart may remove; nothing else.
-FOLDERS = {"checkpoints", "damaged-checkpoints", "tensorboard", "eval", "plots"}  # the other outputs are files
-RUN_OUTPUTS = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "tensorboard", "eval", "plots", "config.json")
+FOLDERS = {"checkpoints", "damaged-checkpoints", "tensorboard", "eval", "plots", "profile"}  # the others are files
+RUN_OUTPUTS = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "tensorboard", "eval", "plots", "profile",
+               "config.json")
 
 _DEFAULTS = Config().recipe_dict()  # what a run recorded before a setting existed meant
 

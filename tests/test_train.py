@@ -174,3 +174,9 @@ def test_seeds_use_all_64_bits():
 
     keys = {int(s): tuple(np.asarray(jax.random.key_data(derive_keys(s).init))) for s in (0, 2**32, 2**63, 2**64 - 1)}
     assert len(set(keys.values())) == 4  # 2**32 no longer trains as 0
+
+
+def test_profile_traces_the_steps_into_the_workdir(tmp_path, tiny_mnist):
+    _run(tmp_path, tiny_mnist, epochs=1, profile=True)
+    traces = list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
