@@ -33,7 +33,7 @@ def test_flags_reach_the_command(tmp_path, capsys):
 def test_an_unknown_or_missing_command_is_one_sentence_and_exit_2(capsys):
     assert cli.main(["trian"]) == 2
     assert capsys.readouterr().err == ("jaxmnist: unknown command 'trian'; choose one of train, evaluate, predict, "
-                                       "export, serve, plot.\n")
+                                       "export, serve, plot, summary, sweep.\n")
     assert cli.main([]) == 2
     assert capsys.readouterr().err.startswith("usage: jaxmnist {train,evaluate,predict,export,serve,plot}")
     assert cli.main(["--help"]) == 0
