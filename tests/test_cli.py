@@ -35,6 +35,6 @@ def test_an_unknown_or_missing_command_is_one_sentence_and_exit_2(capsys):
     assert capsys.readouterr().err == ("jaxmnist: unknown command 'trian'; choose one of train, evaluate, predict, "
                                        "export, serve, plot, summary, sweep.\n")
     assert cli.main([]) == 2
-    assert capsys.readouterr().err.startswith("usage: jaxmnist {train,evaluate,predict,export,serve,plot}")
+    assert capsys.readouterr().err.startswith("usage: jaxmnist {train,evaluate,predict,export,serve,plot,summary,sweep}")
     assert cli.main(["--help"]) == 0
     assert "plot      a run's figures" in capsys.readouterr().out
