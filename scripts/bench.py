@@ -117,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idx-dir", help="MNIST IDX files (the PyTorch script reads these)")
     parser.add_argument("--data-dir", help="TFDS data directory: jaxmnist reads this when given")
-    parser.add_argument("--recipe", default="lab", choices=("lab", "improved"), help="the preset to train")
+    parser.add_argument("--recipe", default="lab", choices=("lab", "improved", "resnet"), help="the preset to train")
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--loop", default="auto", choices=("auto", "python", "device"))
     parser.add_argument("--precision", default="float32", choices=("float32", "tf32"))
