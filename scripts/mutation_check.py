@@ -1,6 +1,6 @@
 """Put plausible bugs back, one at a time, and check that the test suite notices each of them.
 
-    python scripts/mutation_check.py                 # every mutation: about 15-25 minutes on 2 cores
+    python scripts/mutation_check.py                 # every mutation against its closest tests
     python scripts/mutation_check.py --only eps best # some of them, by name
     python scripts/mutation_check.py --full          # each against the whole default suite (hours)
 
@@ -32,84 +32,84 @@ class Mutation(NamedTuple):
     file: str
     original: str  # must occur exactly once in file
     mutated: str
-    tests: tuple[str, ...]  # the test files that should notice
+    tests: tuple[str, ...]  # the tests (files or node ids) that should notice
 
 
 MUTATIONS = [
     Mutation("restart-everything", "--restart removes the user's own folders too", "jaxmnist/workdir.py",
              "    for name in RUN_OUTPUTS:\n        target = path / name",
              "    for name in [*RUN_OUTPUTS, *(p.name for p in path.iterdir() if p.is_dir())]:\n        target = path / name",
-             ("tests/test_lab_promises.py", "tests/test_workdir.py")),
+             ("tests/test_lab_promises.py::test_restart_discards_what_runs_write_and_nothing_of_the_users", "tests/test_workdir.py::test_restart_removes_what_the_run_wrote_and_nothing_else")),
     Mutation("best-is-latest", "'best' is the latest epoch", "jaxmnist/checkpoint.py",
              "return max(with_metrics, key=lambda s: _rank(self.metrics(s))) if with_metrics else None",
-             "return max(with_metrics) if with_metrics else None", ("tests/test_lab_promises.py", "tests/test_train.py")),
+             "return max(with_metrics) if with_metrics else None", ("tests/test_lab_promises.py::test_best_is_the_most_accurate_epoch_not_the_first_or_the_latest",)),
     Mutation("best-by-step", "the best checkpoint is ranked by step", "jaxmnist/checkpoint.py",
              'return metrics["test_accuracy"], -metrics["step"]', 'return metrics["step"], 0',
-             ("tests/test_lab_promises.py", "tests/test_train.py")),
+             ("tests/test_lab_promises.py::test_best_is_the_most_accurate_epoch_not_the_first_or_the_latest", "tests/test_lab_promises.py::test_a_tie_keeps_the_earlier_epoch_as_the_lab_does")),
     Mutation("accuracy-fraction", "test accuracy stored as a fraction, not a percentage", "jaxmnist/run.py",
              '"test_accuracy": 100.0 * int(eval_totals.correct) / count', '"test_accuracy": int(eval_totals.correct) / count',
-             ("tests/test_lab_promises.py", "tests/test_train.py")),
+             ("tests/test_lab_promises.py::test_accuracy_is_the_percentage_of_test_images_read_right",)),
     Mutation("no-dropout", "dropout never applied in training", "jaxmnist/steps.py",
-             "images, train=True, rngs=", "images, train=False, rngs=", ("tests/test_lab_promises.py", "tests/test_recipes.py")),
+             "images, train=True, rngs=", "images, train=False, rngs=", ("tests/test_lab_promises.py::test_each_recipe_flag_changes_what_training_computes",)),
     Mutation("normalize-swapped", "the normalization's mean and std swapped", "jaxmnist/augment.py",
              "MNIST_MEAN = 0.1307\nMNIST_STD = 0.3081", "MNIST_MEAN = 0.3081\nMNIST_STD = 0.1307",
-             ("tests/test_lab_promises.py", "tests/test_augment.py")),
+             ("tests/test_lab_promises.py::test_normalization_is_the_labs_mean_and_std",)),
     Mutation("no-rotation", "--rotation never reaches the train step", "jaxmnist/steps.py",
              "return cls(config.rotation, config.translate, config.label_smoothing)",
-             "return cls(0.0, config.translate, config.label_smoothing)", ("tests/test_lab_promises.py", "tests/test_steps.py")),
+             "return cls(0.0, config.translate, config.label_smoothing)", ("tests/test_lab_promises.py::test_each_recipe_flag_changes_what_training_computes",)),
     Mutation("no-label-smoothing", "--label-smoothing never reaches the train step", "jaxmnist/steps.py",
              "return cls(config.rotation, config.translate, config.label_smoothing)",
-             "return cls(config.rotation, config.translate, 0.0)", ("tests/test_lab_promises.py", "tests/test_recipes.py")),
+             "return cls(config.rotation, config.translate, 0.0)", ("tests/test_lab_promises.py::test_each_recipe_flag_changes_what_training_computes",)),
     Mutation("same-order", "the same batch order every epoch", "jaxmnist/run.py",
              "epoch_order(jax.random.fold_in(keys.shuffle, epoch)", "epoch_order(jax.random.fold_in(keys.shuffle, 1)",
-             ("tests/test_lab_promises.py", "tests/test_steps.py")),
+             ("tests/test_lab_promises.py::test_each_epoch_trains_on_a_fresh_order",)),
     Mutation("same-angles", "the same rotation angles at every step", "jaxmnist/loops.py",
              "train_step(state, batch, jax.random.fold_in(augment_key, state.step), options)",
-             "train_step(state, batch, augment_key, options)", ("tests/test_golden.py", "tests/test_steps.py")),
+             "train_step(state, batch, augment_key, options)", ("tests/test_golden.py",)),
     Mutation("padding-counted", "padded test images counted as correct", "jaxmnist/steps.py",
              "correct=jnp.sum(hits * batch.mask.astype(jnp.int32))", "correct=jnp.sum(hits)",
-             ("tests/test_lab_promises.py", "tests/test_evaluate.py")),
+             ("tests/test_lab_promises.py::test_padded_test_images_are_never_counted",)),
     Mutation("loss-mask-ignored", "the training loss averages the padding too", "jaxmnist/steps.py",
              "return jnp.sum(cross_entropy(logits, labels, label_smoothing) * mask) / jnp.maximum(jnp.sum(mask), 1.0)",
-             "return jnp.mean(cross_entropy(logits, labels, label_smoothing))", ("tests/test_steps.py", "tests/test_golden.py")),
+             "return jnp.mean(cross_entropy(logits, labels, label_smoothing))", ("tests/test_steps.py::test_masked_loss_averages_over_real_images_only", "tests/test_golden.py")),
     Mutation("always-invert", "predict always inverts the picture", "jaxmnist/prepare.py",
              "ink = grey - paper if paper < 0.5 else paper - grey", "ink = paper - grey",
-             ("tests/test_lab_promises.py", "tests/test_predict.py")),
+             ("tests/test_lab_promises.py::test_pictures_of_either_polarity_give_the_same_digit",)),
     Mutation("adam-eps", "Adam's eps 1e-6 instead of the lab's 1e-8", "jaxmnist/steps.py",
              "optimizer = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)",
-             "optimizer = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-6)", ("tests/test_lab_promises.py",)),
+             "optimizer = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-6)", ("tests/test_lab_promises.py::test_adam_uses_the_labs_betas_and_eps",)),
     Mutation("adam-b2", "Adam's b2 0.99 instead of 0.999", "jaxmnist/steps.py",
              "optimizer = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)",
-             "optimizer = optax.adam(schedule, b1=0.9, b2=0.99, eps=1e-8)", ("tests/test_lab_promises.py",)),
+             "optimizer = optax.adam(schedule, b1=0.9, b2=0.99, eps=1e-8)", ("tests/test_lab_promises.py::test_adam_uses_the_labs_betas_and_eps",)),
     Mutation("decay-late", "the step decay one epoch late", "jaxmnist/steps.py",
              "transition_steps=config.lr_decay_epochs * steps_in_epoch",
-             "transition_steps=(config.lr_decay_epochs + 1) * steps_in_epoch", ("tests/test_lab_promises.py", "tests/test_steps.py")),
+             "transition_steps=(config.lr_decay_epochs + 1) * steps_in_epoch", ("tests/test_lab_promises.py::test_the_step_decay_reaches_the_optimizer", "tests/test_steps.py::test_learning_rate_steps_down_after_lr_decay_epochs")),
     Mutation("decay-factor", "the step decay's factor ignored", "jaxmnist/steps.py",
-             "decay_rate=config.lr_decay, staircase=True", "decay_rate=0.1, staircase=True", ("tests/test_lab_promises.py",)),
+             "decay_rate=config.lr_decay, staircase=True", "decay_rate=0.1, staircase=True", ("tests/test_lab_promises.py::test_each_recipe_flag_changes_what_training_computes",)),
     Mutation("rotation-sign", "images rotated the other way", "jaxmnist/augment.py",
              "theta = jnp.deg2rad(degrees.astype(jnp.float32))[:, None, None]",
              "theta = -jnp.deg2rad(degrees.astype(jnp.float32))[:, None, None]", ("tests/test_augment.py",)),
     Mutation("pool-ceil", "pooling pads odd sizes instead of flooring them", "jaxmnist/models/layers.py",
              "height, width = height // window * window, width // window * window",
-             "height, width = -(-height // window) * window, -(-width // window) * window", ("tests/test_model.py",)),
+             "height, width = -(-height // window) * window, -(-width // window) * window", ("tests/test_model.py::test_max_pool_equals_flax_max_pool_for_any_shape_and_floors_odd_sizes",)),
     Mutation("batchnorm-frozen", "BatchNorm's running statistics never updated", "jaxmnist/steps.py",
              'batch_stats=updates.get("batch_stats", state.batch_stats)', "batch_stats=state.batch_stats",
-             ("tests/test_model.py",)),
+             ("tests/test_model.py::test_every_model_trains_and_its_gradient_holds_no_scatter",)),
     Mutation("batchnorm-not-saved", "BatchNorm statistics left out of checkpoints", "jaxmnist/checkpoint.py",
              'model_state = {"batch_stats": state.batch_stats} if state.batch_stats else {}\n        arrays',
-             "model_state = {}\n        arrays", ("tests/test_lab_promises.py", "tests/test_golden.py")),
+             "model_state = {}\n        arrays", ("tests/test_lab_promises.py::test_a_resnet_run_resumes_exactly_with_its_batchnorm_statistics",)),
     Mutation("digest-unchecked", "a flipped bit in a checkpoint goes unnoticed", "jaxmnist/checkpoint.py",
              'recorded = meta.get("digests") if isinstance(meta, dict) else None', "recorded = None",
-             ("tests/test_evaluate.py", "tests/test_integrity.py")),
+             ("tests/test_integrity.py::test_a_flipped_bit_is_refused_by_every_command_naming_the_step",)),
     Mutation("last-test-batch-dropped", "the last test batch is never evaluated", "jaxmnist/loops.py",
              "jax.device_put([np.int32(i) for i in range(batches.images.shape[0])])",
              "jax.device_put([np.int32(i) for i in range(batches.images.shape[0] - 1)])",
-             ("tests/test_lab_promises.py", "tests/test_train.py")),
+             ("tests/test_lab_promises.py::test_padded_test_images_are_never_counted", "tests/test_lab_promises.py::test_accuracy_is_the_percentage_of_test_images_read_right")),
     Mutation("weight-decay-biases", "weight decay applied to the biases too", "jaxmnist/steps.py",
-             'lambda path, _: path[-1].key == "kernel"', "lambda path, _: True", ("tests/test_recipes.py",)),
+             'lambda path, _: path[-1].key == "kernel"', "lambda path, _: True", ("tests/test_recipes.py::test_weight_decay_shrinks_the_kernels_and_spares_the_biases",)),
     Mutation("any-host", "the drawing page answers any Host header", "jaxmnist/serve.py",
              "middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))]",
-             'middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["*"])]', ("tests/test_serve.py",)),
+             'middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["*"])]', ("tests/test_serve.py::test_only_this_machine_s_pages_and_bounded_pictures_are_answered",)),
 ]
 
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         for mutation in chosen:
             outcome, seconds = try_mutation(mutation, Path(scratch), args.full)
             outcomes.append(outcome)
-            tests = "all" if args.full else ", ".join(Path(t).stem for t in mutation.tests)
+            tests = "all" if args.full else ", ".join(t.split("/")[-1].replace(".py", "") for t in mutation.tests)
             print(f"| {mutation.name} | {mutation.bug} | {tests} | {outcome} | {seconds:.0f} |", flush=True)
     killed = outcomes.count("killed")
     print(f"\n{killed} of {len(outcomes)} mutations killed.")
