@@ -163,14 +163,15 @@ def _save(directory, state, step: int, accuracy: float | None) -> None:
 def test_best_is_the_most_accurate_epoch_not_the_first_or_the_latest(tmp_path):
     state = create_train_state(parse_config([], prog="test", description=""), jax.random.key(0), steps_in_epoch=4)
     directory = tmp_path / "run" / "checkpoints"
-    for step, accuracy in ((4, 50.0), (8, 80.0), (12, 60.0), (14, None)):  # 14: a mid-epoch save
+    for step, accuracy in ((4, 50.0), (8, 80.0), (12, 60.0)):  # epoch ends: better, then worse
         _save(directory, state, step, accuracy)
     checkpoints = Checkpoints(directory, read_only=True)
-    assert checkpoints.best_step() == 8 and checkpoints.latest_step() == 14
-    assert checkpoints.steps() == [8, 14]  # the best and the latest; nothing else is kept
-    assert evaluate_command.resolve_step(checkpoints, "best") == 8
-    params = checkpoints.restore_variables(8)[0]["params"]
-    assert float(params["fc"]["bias"][0]) == 8.0
+    assert checkpoints.steps() == [8, 12]  # the best and the latest epoch; nothing else is kept
+    assert checkpoints.best_step() == 8 and evaluate_command.resolve_step(checkpoints, "best") == 8
+    assert float(checkpoints.restore_variables(8)[0]["params"]["fc"]["bias"][0]) == 8.0
+    _save(directory, state, 14, None)  # a mid-epoch save replaces the latest, never the best
+    checkpoints = Checkpoints(directory, read_only=True)
+    assert checkpoints.steps() == [8, 14] and checkpoints.best_step() == 8 and checkpoints.latest_step() == 14
 
 
 def test_a_tie_keeps_the_earlier_epoch_as_the_lab_does(tmp_path):
