@@ -110,9 +110,12 @@ def model_difference(saved_shapes: dict[str, tuple], params) -> str | None:
     wanted = {_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     for name in list(wanted) + [n for n in saved_shapes if n not in wanted]:
         saved, own = saved_shapes.get(name), wanted.get(name)
+        if saved is None:
+            return f"this model has {name} of shape {own}, the checkpoint has no {name}"
+        if own is None:
+            return f"the checkpoint has {name} of shape {saved}, this model has no {name}"
         if saved != own:
-            describe = lambda shape: "no such parameter" if shape is None else f"shape {shape}"  # noqa: E731
-            return f"its {name} has {describe(saved)}, this model's has {describe(own)}"
+            return f"its {name} has shape {saved}, this model's has shape {own}"
     return None
 
 

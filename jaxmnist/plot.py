@@ -30,7 +30,7 @@ from jaxmnist.augment import random_transform  # noqa: E402
 from jaxmnist.checkpoint import Checkpoints  # noqa: E402
 from jaxmnist.config import Config  # noqa: E402
 from jaxmnist.errors import UserError  # noqa: E402
-from jaxmnist.evaluate import evaluate_checkpoint, load_run_data, read_run, write_report  # noqa: E402
+from jaxmnist.evaluate import evaluate_checkpoint, load_run_data, read_run, restore_model, write_report  # noqa: E402
 from jaxmnist.loops import epoch_order  # noqa: E402
 from jaxmnist.reporting import MetricsLog, quiet_libraries  # noqa: E402
 from jaxmnist.steps import derive_keys, split_step_key  # noqa: E402
@@ -255,6 +255,9 @@ def draw(args: argparse.Namespace) -> Path:
     for workdir in workdirs:
         if not (workdir / "metrics.jsonl").is_file():
             raise UserError(f"{workdir} has no metrics.jsonl: is it a jaxmnist workdir?")
+    # The figures of the best checkpoint describe its model: one sentence, before any figure is
+    # written, when this code's model is no longer the one that trained it.
+    restore_model(workdirs[0], "best")
     out = _output_folder(Path(args.out) if args.out else workdirs[0] / "plots")
     plot_curves(workdirs, out)
 

@@ -161,7 +161,8 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
             write_config(path, identity, parallel.describe(mesh))
         log.info("Using device: %s", parallel.describe(mesh))
         if step >= total_steps and evaluated:
-            log.info("This run already finished %d epochs; pass more --epochs to continue it, or --restart.", step // num_steps)
+            log.info("This run already finished %d epoch%s; pass more --epochs to continue it, or --restart.",
+                     step // num_steps, "" if step // num_steps == 1 else "s")
         elif step:
             log.info("Resuming from epoch %d, step %d", step // num_steps + 1, step)
         best_step = checkpoints.best_step()

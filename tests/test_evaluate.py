@@ -122,4 +122,4 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
                                "batch_stats": {}})()
     with Checkpoints(tmp_path / "checkpoints") as checkpoints:
         checkpoints.save(1, state, {"step": jnp.int32(1)}, {"epoch": 1, "step": 1, "config": {}}, None)
-    assert "belongs to another model (its conv1.bias has no such parameter" in _one_line_failure(["--workdir", str(tmp_path), "--step", "latest"], capsys)
+    assert "belongs to another model (this model has conv1.bias of shape (16,), the checkpoint has no conv1.bias" in _one_line_failure(["--workdir", str(tmp_path), "--step", "latest"], capsys)

@@ -69,3 +69,19 @@ def test_a_sweep_is_drawn_as_its_combinations_mean_curves(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     empty = _plot("--sweep", str(tmp_path / "sweep" / "plots"))
     assert (empty.returncode, empty.stderr) == (1, f"{tmp_path / 'sweep' / 'plots'} holds no jaxmnist runs: is it a sweep's --root?\n")
+
+
+def test_plot_refuses_a_run_of_another_model_before_drawing_anything(tmp_path, monkeypatch, capsys):
+    """After the model's code changed: one sentence, as evaluate says it, and no figure of the
+    wrong model (structure.png of the new code beside the old checkpoint's errors)."""
+    from jaxmnist import models, plot
+    from jaxmnist.models.resnet import ResNet
+
+    idx_dir = write_idx(tmp_path / "idx", make_mnist(200, 30))
+    workdir = tmp_path / "run"
+    run.train_and_evaluate(Config(workdir=str(workdir), idx_dir=str(idx_dir), epochs=1, eval_batch_size=16,
+                                  allow_small_data=True))
+    monkeypatch.setitem(models.MODELS, "lab", lambda recipe: ResNet())  # the student's edit of the lab's model
+    assert plot.main(["--workdir", str(workdir)]) == 1
+    assert "belongs to another model" in capsys.readouterr().err
+    assert not (workdir / "plots").exists()
