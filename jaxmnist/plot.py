@@ -194,7 +194,8 @@ def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 150) 
     wrong = report["misclassified"][:limit]
     columns = 10
     rows = max(1, -(-len(wrong) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.25, rows * 1.45 + 0.6), squeeze=False)
+    height = rows * 1.45 + 0.6  # inches: the last 0.6 hold the title, whatever the number of rows
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.25, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, m in zip(axes.flat, wrong):
@@ -202,7 +203,7 @@ def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 150) 
         ax.set_title(f"{m['true']} -> {m['predicted']} ({m['confidence']:.2f})", fontsize=8)
     shown = f"the {len(wrong)} most confident" if len(report["misclassified"]) > limit else "all"
     fig.suptitle(f"Misclassified test images ({shown} of {len(report['misclassified'])}): true -> predicted (confidence)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))  # the rows below the title, never under it
     fig.savefig(out / "errors.png", dpi=90)
     plt.close(fig)
 
