@@ -306,6 +306,13 @@ class Checkpoints:
     def __enter__(self) -> "Checkpoints":
         return self
 
+    def wait(self) -> None:
+        """Block until the saves started so far are on disk; a failed one is SaveFailed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001
+            raise self._save_failed(error) from None
+
     def __exit__(self, *exc_info) -> None:
         """Wait until every asynchronous save is on disk (or has failed, in one sentence), then let
         Orbax's threads go, so the process can end."""

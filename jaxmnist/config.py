@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from typing import Any, Sequence
 
@@ -111,7 +112,7 @@ class Config:
                                          f"got {getattr(self, name)}.")
         checks = (
             ("checkpoint_seconds", self.checkpoint_seconds > 0, "must be positive"),
-            ("lr", self.lr > 0, "must be positive"),
+            ("lr", 0 < self.lr < math.inf, "must be a finite positive number"),
             ("lr_decay", 0 < self.lr_decay <= 1, "must be in (0, 1]"),
             ("translate", 0 <= self.translate <= 13, "must be between 0 and 13 pixels"),
             ("dropout", 0 <= self.dropout < 1, "must be in [0, 1)"),

@@ -35,6 +35,8 @@ def top_three(probabilities: np.ndarray) -> list[tuple[int, float]]:
 
 def read_digit(path: str) -> np.ndarray:
     """One picture file, or standard input for "-", as the 28x28 digit the model reads."""
+    if path == "-" and sys.stdin is None:  # started with standard input closed
+        raise BadPicture("cannot be read: standard input is closed")
     source = io.BytesIO(sys.stdin.buffer.read()) if path == "-" else path
     with open_picture(source) as picture:
         return prepare_digit(picture)

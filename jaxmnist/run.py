@@ -192,6 +192,7 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
                 log.info(epoch_line(record))
                 totals, epoch_clock = parallel.replicate(TrainTotals.zeros(), mesh), _EpochClock(0.0)  # before the save
                 save(record)
+                checkpoints.wait()  # an epoch's save is on disk before the console says so (a kill after it loses nothing)
                 saved_step, last_save, evaluated = step, time.perf_counter(), True
                 if record["test_accuracy"] > best_accuracy:
                     best_accuracy = record["test_accuracy"]

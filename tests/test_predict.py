@@ -266,3 +266,12 @@ def test_export_never_overwrites_files_it_did_not_write(trained, tmp_path):
     assert (tmp_path / "mine" / "export.json").read_text() == '{"my": "notes"}'
     export_model(trained, tmp_path / "ours")
     export_model(trained, tmp_path / "ours")  # its own earlier export is replaced
+
+
+def test_a_closed_standard_input_is_one_sentence(monkeypatch):
+    from jaxmnist.picture import BadPicture
+    from jaxmnist.predict import read_digit
+
+    monkeypatch.setattr("sys.stdin", None)  # as Python sets it when started with standard input closed
+    with pytest.raises(BadPicture, match="standard input is closed"):
+        read_digit("-")

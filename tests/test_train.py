@@ -76,7 +76,8 @@ def test_a_different_configuration_is_refused(tmp_path, tiny_mnist):
 @pytest.mark.parametrize("flags, message", [
     (["--batch-size", "0"], "--batch-size must be a positive integer"),
     (["--epochs", "-1"], "--epochs must be a positive integer"),
-    (["--lr", "0"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be a finite positive number"),
+    (["--lr", "inf"], "--lr must be a finite positive number"),
     (["--rotation", "200"], "--rotation must be between 0 and 180"),
     (["--translate", "20"], "--translate must be between 0 and 13 pixels"),
     (["--dropout", "1"], "--dropout must be in [0, 1)"),
