@@ -31,9 +31,13 @@ def test_a_short_run_reproduces_the_golden_numbers(model):
     got = golden_run(model)
     for step, (a, b) in enumerate(zip(got["losses"], expected["losses"]), start=1):
         assert a == pytest.approx(b, rel=RTOL), f"the loss of step {step} moved from {b} to {a}"
-    assert got["correct"] == expected["correct"], "the test images read right after each epoch changed"
+    # One of 100 test images may fall the other way where a CPU type rounds differently.
+    for epoch, (a, b) in enumerate(zip(got["correct"], expected["correct"]), start=1):
+        assert abs(a - b) <= 1, f"the test images read right after epoch {epoch} moved from {b} to {a}"
     assert set(got["parameters"]) == set(expected["parameters"]), "the model's parameters changed names"
     for name, (total, squares) in expected["parameters"].items():
-        moved = got["parameters"][name]
-        assert np.allclose(moved, [total, squares], rtol=RTOL, atol=1e-6), f"parameter {name} moved: sum and sum of " \
-            f"squares {moved}, golden {[total, squares]}"
+        moved_total, moved_squares = got["parameters"][name]
+        # A sum of values of both signs can nearly cancel: its tolerance is relative to their size.
+        scale = np.sqrt(squares)
+        assert abs(moved_total - total) <= RTOL * scale and abs(moved_squares - squares) <= RTOL * squares, \
+            f"parameter {name} moved: sum {moved_total}, sum of squares {moved_squares}; golden {total}, {squares}"
