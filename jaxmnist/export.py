@@ -163,8 +163,8 @@ def _export_onnx(forward: Callable, path: Path) -> dict[str, Any]:
         expected = np.asarray(forward(images))
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: its shape-merging notes about the converted layout are noise here
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: images})[0]
+    runtime = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = runtime.run(None, {runtime.get_inputs()[0].name: images})[0]
     difference = float(np.abs(got - expected).max())
     if difference > ONNX_TOLERANCE:
         raise ExportError(f"The ONNX model differs from JAX by {difference:.2e} in a probability (allowed: "
