@@ -185,8 +185,8 @@ class Checkpoints:
 
     def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None) -> None:
         """Start an asynchronous save; metrics (test accuracy) make it a candidate for best."""
-        model_state = {"batch_stats": state.batch_stats} if state.batch_stats else {}
-        arrays = {"params": state.params, **model_state, "opt_state": state.opt_state, "progress": progress}
+        # The model's collections (params, and batch_stats where it has them), as TrainState.variables says.
+        arrays = {**state.variables(), "opt_state": state.opt_state, "progress": progress}
         meta = meta | {"digests": {item: digests(tree) for item, tree in arrays.items()}}
         args = ocp.args.Composite(
             **{item: ocp.args.StandardSave(tree) for item, tree in arrays.items()},
@@ -243,16 +243,10 @@ class Checkpoints:
         """Everything needed to resume: state and progress shaped like the given templates."""
         abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
         self.check_model(step, state.params)
-        model_state = {"batch_stats": state.batch_stats} if state.batch_stats else {}
-        items = self._restore(
-            step,
-            params=ocp.args.StandardRestore(abstract(state.params)),
-            **{name: ocp.args.StandardRestore(abstract(tree)) for name, tree in model_state.items()},
-            opt_state=ocp.args.StandardRestore(abstract(state.opt_state)),
-            progress=ocp.args.StandardRestore(abstract(progress)),
-            meta=ocp.args.JsonRestore(),
-        )
-        restored = {name: items[name] for name in ("params", *model_state, "opt_state", "progress")}
+        templates = {**state.variables(), "opt_state": state.opt_state, "progress": progress}
+        items = self._restore(step, **{name: ocp.args.StandardRestore(abstract(tree)) for name, tree in templates.items()},
+                              meta=ocp.args.JsonRestore())
+        restored = {name: items[name] for name in templates}
         self._verify(step, items.meta, **restored)
         state = state.replace(step=items.progress["step"], params=items.params, opt_state=items.opt_state,
                               batch_stats=restored.get("batch_stats", state.batch_stats))

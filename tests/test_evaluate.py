@@ -118,8 +118,9 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     import jax.numpy as jnp
     from jaxmnist.checkpoint import Checkpoints
 
-    state = type("State", (), {"params": {"fc": {"kernel": jnp.zeros((3, 3))}}, "opt_state": {"count": jnp.int32(0)},
-                               "batch_stats": {}})()
+    params = {"fc": {"kernel": jnp.zeros((3, 3))}}
+    state = type("State", (), {"params": params, "opt_state": {"count": jnp.int32(0)}, "batch_stats": {},
+                               "variables": lambda self: {"params": params}})()
     with Checkpoints(tmp_path / "checkpoints") as checkpoints:
         checkpoints.save(1, state, {"step": jnp.int32(1)}, {"epoch": 1, "step": 1, "config": {}}, None)
     assert "belongs to another model (this model has conv1.bias of shape (16,), the checkpoint has no conv1.bias" in _one_line_failure(["--workdir", str(tmp_path), "--step", "latest"], capsys)
