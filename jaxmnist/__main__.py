@@ -2,6 +2,6 @@
 
 import sys
 
-from jaxmnist.train import main
+from jaxmnist.apps.train import main
 
 sys.exit(main())

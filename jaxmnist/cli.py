@@ -37,14 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"jaxmnist: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
-    return _main_of(importlib.import_module(f"jaxmnist.{command}"))(flags)
-
-
-def _main_of(module):
-    """A command module's main; a package (jaxmnist.sweep) keeps it in its command module."""
-    if hasattr(module, "main"):
-        return module.main
-    return importlib.import_module(f"{module.__name__}.command").main
+    return importlib.import_module(f"jaxmnist.{command}").main(flags)
 
 
 if __name__ == "__main__":

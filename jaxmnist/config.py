@@ -18,7 +18,7 @@ import sys
 from typing import Any, Sequence
 
 SEED_LIMIT = 2**64  # seeds are 64-bit: derive_keys folds the high 32 bits in
-MODEL_NAMES = ("lab", "resnet")  # jaxmnist.models.MODELS's keys, named here so --help needs no JAX
+MODEL_NAMES = ("lab", "resnet")  # jaxmnist.core.models.MODELS's keys, named here so --help needs no JAX
 
 
 def _recipe(default: Any, help: str, metavar: str | None = None, **extra: Any) -> Any:

@@ -1,79 +1,8 @@
-"""`python -m jaxmnist.predict`: read the digit in each picture with a trained model.
+"""`python -m jaxmnist.predict`: the command's entry point; it lives in jaxmnist/apps/predict.py."""
 
-    python -m jaxmnist.predict --workdir runs/mnist my-digit.png photo.jpg
-    python -m jaxmnist.predict --workdir runs/mnist --json *.png
-
-    some-camera-app | python -m jaxmnist.predict --workdir runs/mnist -
-
-Each picture (PNG, JPEG, BMP, TIFF, ...; any size up to 50 million pixels, colour or grey, 8 or
-16 bits, dark ink on light paper or the reverse) is read as a photo viewer shows it
-(jaxmnist.picture), prepared as MNIST's digits were (jaxmnist.prepare), then classified. `-` reads
-one picture from standard input. A picture that cannot be read is one line on stderr; the others
-are still predicted, and the exit status is 1.
-"""
-
-from __future__ import annotations
-
-import io
-import json
 import sys
-from typing import Sequence
 
-import numpy as np
-
-from jaxmnist.config import checkpoint_parser
-from jaxmnist.picture import BadPicture, open_picture
-from jaxmnist.prepare import prepare_digit
-from jaxmnist.reporting import log, run_command, setup_console
-
-
-def top_three(probabilities: np.ndarray) -> list[tuple[int, float]]:
-    """The three most likely digits and their probabilities, most likely first."""
-    order = np.argsort(-probabilities, kind="stable")[:3]
-    return [(int(d), float(probabilities[d])) for d in order]
-
-
-def read_digit(path: str) -> np.ndarray:
-    """One picture file, or standard input for "-", as the 28x28 digit the model reads."""
-    if path == "-" and sys.stdin is None:  # started with standard input closed
-        raise BadPicture("cannot be read: standard input is closed")
-    source = io.BytesIO(sys.stdin.buffer.read()) if path == "-" else path
-    with open_picture(source) as picture:
-        return prepare_digit(picture)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = checkpoint_parser(prog="python -m jaxmnist.predict", description="Read the digit in each picture with a "
-                           "trained model; pictures are prepared as MNIST's digits were.")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files of one digit each; - reads one "
-                        "from standard input")
-    parser.add_argument("--json", action="store_true", help="one JSON object per picture instead of a line")
-    args = parser.parse_args(argv)
-    setup_console()
-    return run_command(lambda: _predict_each(args))
-
-
-def _predict_each(args) -> int:
-    from jaxmnist.evaluate import load_model  # JAX loads here, after the flags
-
-    predict = load_model(args.workdir, args.step)
-    failed = False
-    for path in args.images:
-        try:
-            digit = read_digit(path)
-        except BadPicture as error:  # this file only: the others are still read
-            log.error("%s %s.", "standard input" if path == "-" else path, error)
-            failed = True
-            continue
-        likely = top_three(predict(digit[None])[0])
-        if args.json:
-            print(json.dumps({"file": path, "digit": likely[0][0],
-                              "top3": [{"digit": d, "probability": round(p, 6)} for d, p in likely]}), flush=True)
-        else:
-            alternatives = ", ".join(f"{d}: {100 * p:.1f}%" for d, p in likely)
-            log.info("%s: %d  (%s)", path, likely[0][0], alternatives)
-    return 1 if failed else 0
-
+from jaxmnist.apps.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from jaxmnist.sweep.command import main
+from jaxmnist.apps.sweep.command import main
 
 COMBINATIONS = [  # each on top of the lab's defaults and the flags after --
     {},  # the lab's recipe, 5 epochs

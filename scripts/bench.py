@@ -27,15 +27,17 @@ import time
 from pathlib import Path
 
 import jax
+from child_runs import (  # scripts/, on sys.path when run as a script
+    ROOT,
+    run_or_exit,
+    train_command,
+)
 
-from child_runs import ROOT, run_or_exit, train_command  # scripts/, on sys.path when run as a script
-from jaxmnist import data
-from jaxmnist.config import Config
-from jaxmnist.loops import evaluate, stack_batches
-from jaxmnist import parallel
-from jaxmnist.reporting import quiet_libraries
-from jaxmnist.config import parse_config
-from jaxmnist.run import configure_jax, train_and_evaluate
+from jaxmnist.config import Config, parse_config
+from jaxmnist.core.loops import evaluate, stack_batches
+from jaxmnist.runtime import data, parallel
+from jaxmnist.runtime.reporting import quiet_libraries
+from jaxmnist.runtime.run import configure_jax, train_and_evaluate
 
 TORCH_SCRIPT = ROOT / "reference" / "lab_pytorch.py"
 
@@ -47,7 +49,7 @@ def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
     total = time.perf_counter() - start
     train_seconds = [r["train_seconds"] for r in records]
     steady = train_seconds[1:] or train_seconds  # epoch 1 also pays for compilation
-    from jaxmnist.evaluate import restore_model
+    from jaxmnist.apps.evaluate import restore_model
 
     model, variables, _, _ = restore_model(config.workdir, "latest")
     batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size))

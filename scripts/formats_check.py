@@ -1,4 +1,4 @@
-"""Hold `jaxmnist.predict` to pictures as people really have them: one table row per file format.
+"""Hold `jaxmnist.apps.predict` to pictures as people really have them: one table row per file format.
 
     python scripts/formats_check.py --workdir runs/mnist --idx-dir ../shared/data/mnist-idx --count 300
 
@@ -22,7 +22,6 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-
 from predict_check import as_a_photo
 
 ORIENTATION = 0x0112  # the EXIF tag a phone writes instead of turning the pixels
@@ -94,7 +93,7 @@ def main() -> None:
     parser.add_argument("--idx-dir", required=True, help="the MNIST IDX files (the test digits come from here)")
     parser.add_argument("--count", type=int, default=300)
     args = parser.parse_args()
-    from jaxmnist.data import load_idx
+    from jaxmnist.runtime.data import load_idx
 
     mnist = load_idx(args.idx_dir)
     with tempfile.TemporaryDirectory(prefix="jaxmnist-formats-") as folder:

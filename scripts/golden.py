@@ -27,10 +27,10 @@ def golden_run(model: str = "lab") -> dict:
     """Every logged loss, the test count, and each parameter's sum and sum of squares after the run."""
     import jax
 
-    from jaxmnist.checkpoint import Checkpoints
     from jaxmnist.config import Config
-    from jaxmnist.data import MNIST
-    from jaxmnist.run import train_and_evaluate
+    from jaxmnist.runtime.checkpoint import Checkpoints
+    from jaxmnist.runtime.data import MNIST
+    from jaxmnist.runtime.run import train_and_evaluate
 
     arrays = np.load(FIXTURE)
     dataset = MNIST(arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"])

@@ -2,7 +2,7 @@
 
 import sys
 
-from jaxmnist.plot import main
+from jaxmnist.apps.plot import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,9 +1,9 @@
-"""Hold `jaxmnist.predict` to MNIST itself: test digits redrawn as a person's picture would be.
+"""Hold `jaxmnist.apps.predict` to MNIST itself: test digits redrawn as a person's picture would be.
 
     python scripts/predict_check.py --workdir runs/mnist --idx-dir ../shared/data/mnist-idx --count 1000
 
 Each of the first COUNT test digits is drawn 4 times larger, as dark ink on light paper, off-centre
-on a 400x300 canvas, and saved as PNG and as JPEG (quality 85); jaxmnist.prepare brings each file
+on a 400x300 canvas, and saved as PNG and as JPEG (quality 85); jaxmnist.apps.prepare brings each file
 back to 28x28. Prints the model's accuracy on the untouched digits and on each kind of file, how
 often the predictions agree, and how far the prepared pixels are from the originals.
 """
@@ -44,8 +44,8 @@ def save_photos(digits: np.ndarray, folder: Path) -> dict[str, list[Path]]:
 
 
 def check(workdir: str, digits: np.ndarray, labels: np.ndarray, folder: Path) -> dict:
-    from jaxmnist.evaluate import load_model
-    from jaxmnist.predict import read_digit
+    from jaxmnist.apps.evaluate import load_model
+    from jaxmnist.apps.predict import read_digit
 
     predict = load_model(workdir)
     original = predict(digits).argmax(axis=1)
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--idx-dir", required=True)
     parser.add_argument("--count", type=int, default=1000)
     args = parser.parse_args()
-    from jaxmnist.data import load_idx
+    from jaxmnist.runtime.data import load_idx
 
     dataset = load_idx(args.idx_dir)
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,10 +23,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from child_runs import (  # scripts/, on sys.path when run as a script
+    ROOT,
+    run_or_exit,
+    train_command,
+)
 
-from child_runs import ROOT, run_or_exit, train_command  # scripts/, on sys.path when run as a script
-from jaxmnist.checkpoint import Checkpoints
-from jaxmnist.reporting import quiet_libraries
+from jaxmnist.runtime.checkpoint import Checkpoints
+from jaxmnist.runtime.reporting import quiet_libraries
+
 TIMINGS = ("train_seconds", "epoch_seconds", "images_per_second")
 
 

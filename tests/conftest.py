@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxmnist.data import _IDX_FILES, MNIST  # noqa: E402
+from jaxmnist.runtime.data import _IDX_FILES, MNIST  # noqa: E402
 
 # The arithmetic of the default --precision float32, which training sets in run.configure_jax:
 # in-process tests compare with float32 references, and GPUs would otherwise use TF32.
@@ -74,7 +74,7 @@ def run_results(workdir: Path):
     fields, and the latest checkpoint's parameters."""
     import json
 
-    from jaxmnist.checkpoint import Checkpoints
+    from jaxmnist.runtime.checkpoint import Checkpoints
 
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     for record in records:

@@ -4,7 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmnist.augment import MNIST_MEAN, MNIST_STD, normalize, random_transform, rotate
+from jaxmnist.core.augment import (
+    MNIST_MEAN,
+    MNIST_STD,
+    normalize,
+    random_transform,
+    rotate,
+)
 
 
 def _one_pixel(row, col):

@@ -12,7 +12,6 @@ import termios
 from pathlib import Path
 
 import pytest
-
 from conftest import COMPILE_CACHE, make_mnist, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]

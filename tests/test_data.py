@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-
-from jaxmnist import data
 from conftest import SHARED_DATA, make_mnist, needs_real_mnist, write_idx
+
+from jaxmnist.runtime import data
 
 
 @pytest.mark.parametrize("compress", [True, False])

@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxmnist import evaluate, run
+from jaxmnist.apps import evaluate
 from jaxmnist.config import Config
+from jaxmnist.runtime import run
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_report_fields_add_up(trained_run):
 
 
 def test_load_model_maps_uint8_and_normalized_images_to_probabilities(trained_run):
-    from jaxmnist.augment import normalize
+    from jaxmnist.core.augment import normalize
 
     workdir, dataset, _ = trained_run
     predict = evaluate.load_model(workdir)
@@ -64,7 +65,7 @@ def test_load_model_prints_nothing(trained_run):
     import sys
 
     workdir, _, _ = trained_run
-    script = f"from jaxmnist.evaluate import load_model; import numpy as np; load_model({str(workdir)!r})(np.zeros((1, 28, 28), np.uint8))"
+    script = f"from jaxmnist.apps.evaluate import load_model; import numpy as np; load_model({str(workdir)!r})(np.zeros((1, 28, 28), np.uint8))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stderr
 
@@ -116,7 +117,8 @@ def test_a_damaged_checkpoint_is_a_one_line_error(trained_run, tmp_path, capsys,
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     import jax.numpy as jnp
-    from jaxmnist.checkpoint import Checkpoints
+
+    from jaxmnist.runtime.checkpoint import Checkpoints
 
     params = {"fc": {"kernel": jnp.zeros((3, 3))}}
     state = type("State", (), {"params": params, "opt_state": {"count": jnp.int32(0)}, "batch_stats": {},

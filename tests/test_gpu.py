@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import SHARED_DATA, make_mnist, write_idx, run_results as _results
+from conftest import SHARED_DATA, make_mnist, write_idx
+from conftest import run_results as _results
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_GPU = Path("/dev/nvidiactl").exists()  # no CUDA initialised in this process to find out

@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from jaxmnist import evaluate, export, predict, run, train
-from jaxmnist.reporting import MetricsLog
-from jaxmnist.workdir import LOCK_FILE
 from conftest import make_mnist, run_results, write_idx
 from test_evaluate import flip_a_parameter_bit
+
+from jaxmnist.apps import evaluate, export, predict, train
+from jaxmnist.runtime import run
+from jaxmnist.runtime.reporting import MetricsLog
+from jaxmnist.runtime.workdir import LOCK_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--batch-size", "16", "--log-every", "5", "--eval-batch-size", "16", "--allow-small-data", "--cache-dir", ""]

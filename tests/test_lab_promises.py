@@ -13,17 +13,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from jaxmnist import evaluate as evaluate_command
-from jaxmnist import run, workdir
-from jaxmnist.augment import normalize
-from jaxmnist.checkpoint import Checkpoints
-from jaxmnist.config import parse_config
-from jaxmnist.loops import evaluate, stack_batches
-from jaxmnist.models import build_model
-from jaxmnist.prepare import NotADigit, prepare_digit
-from jaxmnist.steps import create_train_state
 from conftest import run_results
+
+from jaxmnist.apps import evaluate as evaluate_command
+from jaxmnist.apps.prepare import NotADigit, prepare_digit
+from jaxmnist.config import parse_config
+from jaxmnist.core.augment import normalize
+from jaxmnist.core.loops import evaluate, stack_batches
+from jaxmnist.core.models import build_model
+from jaxmnist.core.steps import create_train_state
+from jaxmnist.runtime import run, workdir
+from jaxmnist.runtime.checkpoint import Checkpoints
 
 
 def _config(tmp_path, *flags: str, name: str = "run"):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from jaxmnist.config import Config
-from jaxmnist.models import MODELS, build_model
-from jaxmnist.models.lab import CNN
-from jaxmnist.models.layers import Conv, max_pool, relu, textbook_forms, torch_init
-from jaxmnist.models.resnet import ResNet
-from jaxmnist.steps import Batch, StepOptions, create_train_state, train_step
+from jaxmnist.core.models import MODELS, build_model
+from jaxmnist.core.models.lab import CNN
+from jaxmnist.core.models.layers import Conv, max_pool, relu, textbook_forms, torch_init
+from jaxmnist.core.models.resnet import ResNet
+from jaxmnist.core.steps import Batch, StepOptions, create_train_state, train_step
 
 
 def _params(model=None):
@@ -153,7 +153,7 @@ def test_the_resnet_evaluates_with_its_running_statistics():
 
 
 def test_the_summary_shows_the_labs_layers_and_its_28938_parameters(capsys):
-    from jaxmnist import summary
+    from jaxmnist.apps import summary
 
     assert summary.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -165,7 +165,7 @@ def test_the_summary_shows_the_labs_layers_and_its_28938_parameters(capsys):
 
 
 def test_the_summary_counts_every_parameter_of_every_model():
-    from jaxmnist.summary import layers
+    from jaxmnist.apps.summary import layers
 
     for name, build in MODELS.items():
         model = build({"dropout": 0.0})

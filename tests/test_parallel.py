@@ -12,10 +12,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
-from jaxmnist.checkpoint import Checkpoints
-from jaxmnist.evaluate import evaluate_checkpoint, restore_model
 from conftest import COMPILE_CACHE, make_mnist, write_idx
+
+from jaxmnist.apps.evaluate import evaluate_checkpoint, restore_model
+from jaxmnist.runtime.checkpoint import Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -65,8 +65,8 @@ def test_four_devices_compute_what_one_device_computes(idx_dir, tmp_path):
 def test_each_device_gets_its_share_of_the_batch():
     script = """
 import jax, jax.numpy as jnp, numpy as np
-from jaxmnist import parallel
-from jaxmnist.loops import DeviceDataset, epoch_order, select_batch
+from jaxmnist.runtime import parallel
+from jaxmnist.core.loops import DeviceDataset, epoch_order, select_batch
 mesh = parallel.make_mesh("all")
 data = parallel.replicate(DeviceDataset(np.zeros((200, 28, 28), np.uint8), np.zeros(200, np.int32)), mesh)
 order = parallel.replicate(epoch_order(jax.random.key(0), 200, 64), mesh)

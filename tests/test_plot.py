@@ -4,9 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jaxmnist import run
-from jaxmnist.config import Config
 from conftest import make_mnist, write_idx
+
+from jaxmnist.config import Config
+from jaxmnist.runtime import run
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOT = ROOT / "scripts" / "plot.py"
@@ -49,7 +50,7 @@ def _recorded_run(folder: Path, epochs=2, **recipe) -> Path:
 
 
 def test_overlays_name_each_run_by_what_differs_in_its_recipe(tmp_path):
-    from jaxmnist import plot
+    from jaxmnist.apps import plot
 
     a = _recorded_run(tmp_path / "mnist", lr=3e-3, dropout=0.3, seed=1, workdir="elsewhere")
     b = _recorded_run(tmp_path / "b" / "mnist", lr=1e-3, dropout=0.3, seed=0)
@@ -74,8 +75,9 @@ def test_a_sweep_is_drawn_as_its_combinations_mean_curves(tmp_path):
 def test_plot_refuses_a_run_of_another_model_before_drawing_anything(tmp_path, monkeypatch, capsys):
     """After the model's code changed: one sentence, as evaluate says it, and no figure of the
     wrong model (structure.png of the new code beside the old checkpoint's errors)."""
-    from jaxmnist import models, plot
-    from jaxmnist.models.resnet import ResNet
+    from jaxmnist.apps import plot
+    from jaxmnist.core import models
+    from jaxmnist.core.models.resnet import ResNet
 
     idx_dir = write_idx(tmp_path / "idx", make_mnist(200, 30))
     workdir = tmp_path / "run"

@@ -12,19 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, needs_real_mnist
 from PIL import Image
 
-from jaxmnist import predict
+from jaxmnist.apps import predict
+from jaxmnist.apps.picture import MAX_PIXELS, BadPicture, as_shown, open_picture
+from jaxmnist.apps.prepare import NotADigit, prepare_digit
 from jaxmnist.config import Config
-from jaxmnist.data import load_idx
-from jaxmnist.picture import MAX_PIXELS, BadPicture, as_shown, open_picture
-from jaxmnist.prepare import NotADigit, prepare_digit
-from conftest import SHARED_DATA, needs_real_mnist
+from jaxmnist.runtime.data import load_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from predict_check import as_a_photo, save_photos  # noqa: E402
 from formats_check import FORMATS, save_with_orientation  # noqa: E402
+from predict_check import as_a_photo, save_photos  # noqa: E402
 
 pytestmark = needs_real_mnist
 
@@ -37,7 +37,7 @@ def mnist():
 @pytest.fixture(scope="module")
 def trained(mnist, tmp_path_factory):
     """One epoch on 10,000 real training images: about 97% on the test digits, in seconds."""
-    from jaxmnist.run import train_and_evaluate
+    from jaxmnist.runtime.run import train_and_evaluate
 
     workdir = tmp_path_factory.mktemp("model")
     small = mnist._replace(train_images=mnist.train_images[:10_000], train_labels=mnist.train_labels[:10_000])
@@ -62,7 +62,7 @@ def test_mnist_digits_redrawn_as_photos_come_back_close_to_the_originals(mnist, 
 
 
 def test_redrawn_digits_are_predicted_as_the_originals_are(trained, mnist, tmp_path):
-    from jaxmnist.evaluate import load_model
+    from jaxmnist.apps.evaluate import load_model
 
     digits = mnist.test_images[:200]
     model = load_model(trained)
@@ -111,8 +111,8 @@ def test_predict_reads_each_file_and_reports_bad_ones_in_one_line_each(trained, 
 
 
 def test_the_exported_model_runs_with_jax_alone_and_matches(trained, mnist, tmp_path):
-    from jaxmnist.evaluate import load_model
-    from jaxmnist.export import export_model
+    from jaxmnist.apps.evaluate import load_model
+    from jaxmnist.apps.export import export_model
 
     record = export_model(trained, tmp_path / "exported")
     assert record["step"] == 157 and record["jax_export"]["platforms"] == ["cpu", "cuda"]
@@ -138,7 +138,7 @@ assert "jaxmnist" not in sys.modules
 def test_onnx_export_agrees_with_jax(trained, tmp_path):
     pytest.importorskip("jax2onnx")
     onnxruntime = pytest.importorskip("onnxruntime")
-    from jaxmnist.export import export_model
+    from jaxmnist.apps.export import export_model
 
     record = export_model(trained, tmp_path / "exported", onnx=True)
     assert record["onnx"]["max_abs_difference_vs_jax"] < 1e-5
@@ -257,7 +257,7 @@ def test_frames_an_animation_is_refused_a_phone_mpo_is_its_first_picture(tmp_pat
 
 
 def test_export_never_overwrites_files_it_did_not_write(trained, tmp_path):
-    from jaxmnist.export import ExportError, export_model
+    from jaxmnist.apps.export import ExportError, export_model
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "export.json").write_text('{"my": "notes"}')
@@ -269,8 +269,8 @@ def test_export_never_overwrites_files_it_did_not_write(trained, tmp_path):
 
 
 def test_a_closed_standard_input_is_one_sentence(monkeypatch):
-    from jaxmnist.picture import BadPicture
-    from jaxmnist.predict import read_digit
+    from jaxmnist.apps.picture import BadPicture
+    from jaxmnist.apps.predict import read_digit
 
     monkeypatch.setattr("sys.stdin", None)  # as Python sets it when started with standard input closed
     with pytest.raises(BadPicture, match="standard input is closed"):

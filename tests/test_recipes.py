@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmnist.augment import draw_transforms, random_transform, transform
 from jaxmnist.config import RECIPES, Config, parse_config
-from jaxmnist.models.lab import CNN
-from jaxmnist.steps import create_train_state, learning_rate_schedule
-from jaxmnist.workdir import WorkdirError, check_resumable
+from jaxmnist.core.augment import draw_transforms, random_transform, transform
+from jaxmnist.core.models.lab import CNN
+from jaxmnist.core.steps import create_train_state, learning_rate_schedule
+from jaxmnist.runtime.workdir import WorkdirError, check_resumable
 
 
 def test_translation_moves_a_known_pixel_by_the_shift_and_fills_black():

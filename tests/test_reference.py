@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_mnist, write_idx
 
 SCRIPT = Path(__file__).resolve().parents[1] / "reference" / "lab_pytorch.py"

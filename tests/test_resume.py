@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import COMPILE_CACHE, make_mnist, write_idx
+from conftest import run_results as _results
 
-from jaxmnist.checkpoint import Checkpoints
-from conftest import COMPILE_CACHE, make_mnist, write_idx, run_results as _results
+from jaxmnist.runtime.checkpoint import Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,7 +184,7 @@ def test_a_different_configuration_is_refused_and_restart_starts_over(idx_dir, t
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(idx_dir, tmp_path):
     from jaxmnist.config import Config
-    from jaxmnist.steps import create_train_state
+    from jaxmnist.core.steps import create_train_state
 
     workdir = tmp_path / "run"
     assert _run(_command(idx_dir, workdir, "--epochs", "1")).returncode == 0

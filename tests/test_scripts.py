@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_ablation_is_a_sweep_definition(tmp_path):
-    """Its combinations go through jaxmnist.sweep: the same workdirs, flags and job-array script."""
+    """Its combinations go through jaxmnist.apps.sweep: the same workdirs, flags and job-array script."""
     script = tmp_path / "ablation.sbatch"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "ablation.py"), "--seeds", "0", "1", "--root",

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, needs_real_mnist
 from PIL import Image
 
 from jaxmnist.config import Config
-from conftest import SHARED_DATA, needs_real_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -25,8 +25,8 @@ pytestmark = needs_real_mnist
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One epoch on 10,000 real training images."""
-    from jaxmnist.data import load_idx
-    from jaxmnist.run import train_and_evaluate
+    from jaxmnist.runtime.data import load_idx
+    from jaxmnist.runtime.run import train_and_evaluate
 
     mnist = load_idx(str(SHARED_DATA / "mnist-idx"))
     small = mnist._replace(train_images=mnist.train_images[:10_000], train_labels=mnist.train_labels[:10_000])
@@ -48,8 +48,8 @@ def test_the_server_prepares_a_drawing_as_predict_prepares_a_file(trained):
     pytest.importorskip("starlette")
     from starlette.testclient import TestClient
 
-    from jaxmnist.prepare import prepare_digit
-    from jaxmnist.serve import ServedModel, create_app
+    from jaxmnist.apps.prepare import prepare_digit
+    from jaxmnist.apps.serve import ServedModel, create_app
 
     workdir, mnist = trained
     model = ServedModel(workdir)
@@ -67,10 +67,15 @@ def test_the_server_prepares_a_drawing_as_predict_prepares_a_file(trained):
 def test_only_this_machine_s_pages_and_bounded_pictures_are_answered(trained):
     pytest.importorskip("starlette")
     from starlette.testclient import TestClient
-
-    from jaxmnist.picture import MAX_PIXELS
-    from jaxmnist.serve import MAX_BODY_BYTES, ServedModel, allowed_hosts, create_app
     from test_predict import png_header
+
+    from jaxmnist.apps.picture import MAX_PIXELS
+    from jaxmnist.apps.serve import (
+        MAX_BODY_BYTES,
+        ServedModel,
+        allowed_hosts,
+        create_app,
+    )
 
     workdir, mnist = trained
     app = create_app(ServedModel(workdir), allowed_hosts("192.168.1.5"))
@@ -118,7 +123,7 @@ def test_a_slow_picture_does_not_hold_up_the_others():
 
     import httpx
 
-    from jaxmnist.serve import create_app
+    from jaxmnist.apps.serve import create_app
 
     model = _WaitingModel()
     drawing = np.full((60, 60), 255, np.uint8)
@@ -139,7 +144,7 @@ def test_a_client_that_went_away_is_no_traceback(caplog):
     pytest.importorskip("starlette")
     import asyncio
 
-    from jaxmnist.serve import create_app
+    from jaxmnist.apps.serve import create_app
 
     sent = []
 
@@ -159,7 +164,7 @@ def test_a_client_that_went_away_is_no_traceback(caplog):
 def test_the_page_keeps_its_model_and_says_so_when_the_workdir_loses_its_checkpoints(trained, tmp_path):
     import shutil
 
-    from jaxmnist.serve import ServedModel
+    from jaxmnist.apps.serve import ServedModel
 
     shutil.copytree(trained[0], tmp_path / "run")
     model = ServedModel(tmp_path / "run")
@@ -177,9 +182,10 @@ def test_the_page_follows_the_workdir_to_a_run_trained_again(trained, tmp_path):
     """A training run (about 30 s on two shared cores): slow."""
     import shutil
 
-    from jaxmnist.run import train_and_evaluate
-    from jaxmnist.serve import ServedModel
     from conftest import make_mnist
+
+    from jaxmnist.apps.serve import ServedModel
+    from jaxmnist.runtime.run import train_and_evaluate
 
     shutil.copytree(trained[0], tmp_path / "run")
     model = ServedModel(tmp_path / "run")

@@ -2,10 +2,10 @@
 figures appear in pytest's summary at the end (conftest's `report`), no -s needed."""
 
 import pytest
-
-from jaxmnist import run
-from jaxmnist.config import Config
 from conftest import SHARED_DATA, needs_real_mnist
+
+from jaxmnist.config import Config
+from jaxmnist.runtime import run
 
 
 @pytest.mark.slow

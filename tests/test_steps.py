@@ -4,8 +4,22 @@ import numpy as np
 import optax
 
 from jaxmnist.config import Config
-from jaxmnist.loops import DeviceDataset, TrainTotals, epoch_order, run_steps_device, run_steps_python
-from jaxmnist.steps import Batch, StepOptions, create_train_state, derive_keys, learning_rate_schedule, masked_cross_entropy, train_step
+from jaxmnist.core.loops import (
+    DeviceDataset,
+    TrainTotals,
+    epoch_order,
+    run_steps_device,
+    run_steps_python,
+)
+from jaxmnist.core.steps import (
+    Batch,
+    StepOptions,
+    create_train_state,
+    derive_keys,
+    learning_rate_schedule,
+    masked_cross_entropy,
+    train_step,
+)
 
 
 def test_learning_rate_steps_down_after_lr_decay_epochs():

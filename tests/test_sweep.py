@@ -11,13 +11,20 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from jaxmnist.sweep import slurm, table
-from jaxmnist.sweep.command import main
-from jaxmnist.sweep.plan import Status, SweepError, epoch_records, parse_grid, plan, status
-from jaxmnist.sweep.pool import core_shares
-from jaxmnist.workdir import WorkdirError
 from conftest import COMPILE_CACHE, make_mnist, write_idx
+
+from jaxmnist.apps.sweep import slurm, table
+from jaxmnist.apps.sweep.command import main
+from jaxmnist.apps.sweep.plan import (
+    Status,
+    SweepError,
+    epoch_records,
+    parse_grid,
+    plan,
+    status,
+)
+from jaxmnist.apps.sweep.pool import core_shares
+from jaxmnist.runtime.workdir import WorkdirError
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = str(COMPILE_CACHE)  # shared with the other tests that start training processes

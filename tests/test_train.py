@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmnist import run, train
-from jaxmnist.checkpoint import Checkpoints
+from jaxmnist.apps import train
 from jaxmnist.config import Config
+from jaxmnist.runtime import run
+from jaxmnist.runtime.checkpoint import Checkpoints
 
 
 def _run(tmp_path, dataset, **overrides):
@@ -127,7 +128,7 @@ def test_precision_and_determinism_are_set_through_jax_before_the_backend_starts
     script = """
 import os, jax
 from jaxmnist.config import Config
-from jaxmnist.run import configure_jax
+from jaxmnist.runtime.run import configure_jax
 configure_jax(Config(cache_dir=""))
 print(jax.config.jax_default_matmul_precision, os.environ["XLA_FLAGS"])
 configure_jax(Config(cache_dir="", precision="tf32", deterministic=False))
@@ -171,7 +172,7 @@ def test_preset_conflicts_and_seeds_out_of_range_are_one_line(flags, message, ca
 
 
 def test_seeds_use_all_64_bits():
-    from jaxmnist.steps import derive_keys
+    from jaxmnist.core.steps import derive_keys
 
     keys = {int(s): tuple(np.asarray(jax.random.key_data(derive_keys(s).init))) for s in (0, 2**32, 2**63, 2**64 - 1)}
     assert len(set(keys.values())) == 4  # 2**32 no longer trains as 0

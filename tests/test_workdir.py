@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from jaxmnist import train
-from jaxmnist.checkpoint import Checkpoints
-from jaxmnist.data import MNIST
-from jaxmnist.workdir import LOCK_FILE
 from conftest import make_mnist, write_idx
+
+from jaxmnist.apps import train
+from jaxmnist.runtime.checkpoint import Checkpoints
+from jaxmnist.runtime.data import MNIST
+from jaxmnist.runtime.workdir import LOCK_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--batch-size", "16", "--log-every", "5", "--eval-batch-size", "16", "--allow-small-data", "--cache-dir", ""]
@@ -97,7 +97,7 @@ def test_a_run_stopped_before_its_first_save_leaves_a_workdir_the_next_run_takes
 
 
 def test_restart_removes_what_the_run_wrote_and_nothing_else(finished_run, idx_dir, capsys):
-    from jaxmnist.evaluate import evaluate_checkpoint, write_report
+    from jaxmnist.apps.evaluate import evaluate_checkpoint, write_report
 
     write_report(finished_run, evaluate_checkpoint(finished_run, "best"))
     (finished_run / "plots").mkdir()
@@ -211,7 +211,7 @@ def test_resuming_on_other_data_is_refused_naming_both(finished_run, idx_dir, tm
 
 
 def test_evaluate_prints_its_report_on_a_read_only_workdir_and_refuses_odd_steps(finished_run, capsys):
-    from jaxmnist import evaluate
+    from jaxmnist.apps import evaluate
 
     if not _make_unwritable(finished_run):
         pytest.skip("no way to make a folder unwritable here")

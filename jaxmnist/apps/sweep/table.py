@@ -16,7 +16,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, Sequence
 
-from jaxmnist.sweep.plan import Run, epoch_records
+from jaxmnist.apps.sweep.plan import Run, epoch_records
 
 # (column, the record's key, final or best epoch); validation columns only where a run has them.
 METRICS = (("final test", "test_accuracy", "final"), ("best test", "test_accuracy", "best"),

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 from jaxmnist.config import Config, parse_config
 from jaxmnist.errors import UserError
-from jaxmnist.reporting import MetricsLog
-from jaxmnist.workdir import check_workdir, recipe_differences
+from jaxmnist.runtime.reporting import MetricsLog
+from jaxmnist.runtime.workdir import check_workdir, recipe_differences
 
 # The sweep sets these itself, per run: in the common flags or a grid they would be ambiguous.
 OWN_FLAGS = ("workdir", "seed", "restart")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxmnist.models.layers import Conv, max_pool, relu, torch_init
+from jaxmnist.core.models.layers import Conv, max_pool, relu, torch_init
 
 
 class CNN(nn.Module):

@@ -3,7 +3,7 @@
 MNIST's digits are white on black, their longer side scaled to 20 pixels with antialiasing, and
 placed on a 28x28 field so that their centre of mass is at its centre. prepare_digit does the
 same to a photo, a scan or a drawing, so that the model sees what it was trained on. Pictures are
-read as a photo viewer shows them (jaxmnist.picture); Pillow resamples; nothing here imports JAX.
+read as a photo viewer shows them (jaxmnist.apps.picture); Pillow resamples; nothing here imports JAX.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from jaxmnist.picture import BadPicture, as_shown
+from jaxmnist.apps.picture import BadPicture, as_shown
 
 FIELD = 28  # the output is FIELD x FIELD
 BOX = 20  # the digit's longer side, as in MNIST

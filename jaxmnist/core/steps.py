@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from jaxmnist.augment import normalize, random_transform
 from jaxmnist.config import Config
-from jaxmnist.models import build_model
+from jaxmnist.core.augment import normalize, random_transform
+from jaxmnist.core.models import build_model
 
 
 class Batch(NamedTuple):

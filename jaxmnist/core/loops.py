@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.training import train_state
 
-from jaxmnist.steps import Batch, EvalTotals, StepOptions, eval_step, train_step
+from jaxmnist.core.steps import Batch, EvalTotals, StepOptions, eval_step, train_step
 
 
 class DeviceDataset(NamedTuple):

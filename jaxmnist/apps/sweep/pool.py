@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from jaxmnist.reporting import log
-from jaxmnist.stopping import exit_code, stop_on_signals
-from jaxmnist.sweep.plan import Run, epoch_records
+from jaxmnist.apps.sweep.plan import Run, epoch_records
+from jaxmnist.runtime.reporting import log
+from jaxmnist.runtime.stopping import exit_code, stop_on_signals
 
 REPORT_SECONDS = 30.0  # a progress line at least this often while runs train
 POLL_SECONDS = 0.2

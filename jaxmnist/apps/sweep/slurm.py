@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Sequence
 
-from jaxmnist.sweep.plan import Run
+from jaxmnist.apps.sweep.plan import Run
 
 
 def script(command: Sequence[str], train_flags: Sequence[str], runs: Sequence[Run], root: Path) -> str:

@@ -25,7 +25,7 @@ from jax import lax
 # Whether Conv may use the CPU's fast form; exporters turn it off (textbook_forms) so that the
 # traced program holds plain lax primitives only.
 _FAST_CPU_FORMS = contextvars.ContextVar("fast_cpu_forms", default=True)
-# While jaxmnist.summary traces a model: a list that relu and max_pool add their rows to, since
+# While jaxmnist.apps.summary traces a model: a list that relu and max_pool add their rows to, since
 # they are functions, not modules that flax's method interception would see.
 _SUMMARY_ROWS: contextvars.ContextVar[list | None] = contextvars.ContextVar("summary_rows", default=None)
 
@@ -58,7 +58,7 @@ def torch_init(fan_in: int) -> dict[str, nn.initializers.Initializer]:
 
 
 def relu(x: jax.Array) -> jax.Array:
-    """nn.relu, shown as a layer by jaxmnist.summary."""
+    """nn.relu, shown as a layer by jaxmnist.apps.summary."""
     return _note("relu", nn.relu(x))
 
 

@@ -32,8 +32,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxmnist.errors import UserError
-from jaxmnist.reporting import quiet_libraries
-
+from jaxmnist.runtime.reporting import quiet_libraries
 
 SUPERSEDED = "superseded"  # Orbax's rename target for checkpoints it no longer keeps
 ARRAY_ITEMS = ("params", "opt_state", "progress")

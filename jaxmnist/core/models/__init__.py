@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from jaxmnist.models.lab import CNN
-from jaxmnist.models.resnet import ResNet
+from jaxmnist.core.models.lab import CNN
+from jaxmnist.core.models.resnet import ResNet
 
 # name -> a function of the run's recipe (its config, or the dict recorded with a checkpoint).
 MODELS: dict[str, Callable[[Any], nn.Module]] = {

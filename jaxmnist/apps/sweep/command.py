@@ -13,11 +13,19 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from jaxmnist.apps.sweep import pool, slurm, table
+from jaxmnist.apps.sweep.plan import (
+    Combination,
+    Run,
+    Status,
+    SweepError,
+    parse_grid,
+    plan,
+    status,
+)
 from jaxmnist.config import OneLineParser
-from jaxmnist.reporting import log, run_command, setup_console
-from jaxmnist.stopping import exit_code
-from jaxmnist.sweep import pool, slurm, table
-from jaxmnist.sweep.plan import Combination, Run, Status, SweepError, parse_grid, plan, status
+from jaxmnist.runtime.reporting import log, run_command, setup_console
+from jaxmnist.runtime.stopping import exit_code
 
 DESCRIPTION = """\
 Train every combination of --grid's values with every one of --seeds, each as an ordinary

@@ -18,7 +18,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from jaxmnist.models.layers import Conv, max_pool, relu
+from jaxmnist.core.models.layers import Conv, max_pool, relu
 
 
 class ResBlock(nn.Module):

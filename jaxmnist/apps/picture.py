@@ -8,7 +8,7 @@ Pillow decodes; this module adds what a viewer does on top of it:
   (an animation or a multi-page scan: which frame holds the digit is the user's choice).
 The pixel count is checked from the header before a pixel is decoded, and what is decoded is
 shrunk to the size a digit needs, so that one picture cannot take seconds and gigabytes.
-jaxmnist.predict and jaxmnist.serve both read pictures here; nothing here imports JAX.
+jaxmnist.apps.predict and jaxmnist.apps.serve both read pictures here; nothing here imports JAX.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from jaxmnist.dashboard import Dashboard
 from jaxmnist.errors import UserError
-from jaxmnist.workdir import RUN_MARKER, append_line, replace_file
+from jaxmnist.runtime.dashboard import Dashboard
+from jaxmnist.runtime.workdir import RUN_MARKER, append_line, replace_file
 
 log = logging.getLogger("jaxmnist")
 

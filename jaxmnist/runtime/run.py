@@ -19,17 +19,44 @@ from typing import Any, Iterator
 
 import jax
 
-from jaxmnist import data, parallel, workdir as workdirs
-from jaxmnist.checkpoint import CheckpointError, Checkpoints, DamagedCheckpoint, OtherModel, UnreadableCheckpoint
 from jaxmnist.config import Config
-from jaxmnist.dashboard import Dashboard
+from jaxmnist.core.loops import (
+    DeviceDataset,
+    TrainTotals,
+    epoch_order,
+    evaluate,
+    make_runner,
+    stack_batches,
+)
+from jaxmnist.core.models import build_model
+from jaxmnist.core.steps import (
+    StepOptions,
+    create_train_state,
+    derive_keys,
+    learning_rate_schedule,
+    steps_per_epoch,
+)
 from jaxmnist.errors import UserError
-from jaxmnist.loops import DeviceDataset, TrainTotals, epoch_order, evaluate, make_runner, stack_batches
-from jaxmnist.models import build_model
-from jaxmnist.reporting import MetricsLog, Progress, epoch_line, log, train_line, write_config
-from jaxmnist.steps import StepOptions, create_train_state, derive_keys, learning_rate_schedule, steps_per_epoch
-from jaxmnist.stopping import StopRequest, exit_code, stop_on_signals
-from jaxmnist.workdir import WorkdirError, check_resumable
+from jaxmnist.runtime import data, parallel
+from jaxmnist.runtime import workdir as workdirs
+from jaxmnist.runtime.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    DamagedCheckpoint,
+    OtherModel,
+    UnreadableCheckpoint,
+)
+from jaxmnist.runtime.dashboard import Dashboard
+from jaxmnist.runtime.reporting import (
+    MetricsLog,
+    Progress,
+    epoch_line,
+    log,
+    train_line,
+    write_config,
+)
+from jaxmnist.runtime.stopping import StopRequest, exit_code, stop_on_signals
+from jaxmnist.runtime.workdir import WorkdirError, check_resumable
 
 
 class TrainingStopped(UserError):

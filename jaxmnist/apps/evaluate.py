@@ -1,0 +1,263 @@
+"""`python -m jaxmnist.evaluate`: restore a checkpoint and analyse its errors on the test set.
+
+Uses the same forward-only evaluation as training (loops.evaluate), so the best step's count
+of correct test images is exactly the one its training epoch logged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmnist.config import checkpoint_parser
+from jaxmnist.core.augment import normalize
+from jaxmnist.core.loops import evaluate, stack_batches
+from jaxmnist.core.models import build_model
+from jaxmnist.runtime import data
+from jaxmnist.runtime.checkpoint import CheckpointError, Checkpoints, OtherModel
+from jaxmnist.runtime.reporting import log, run_command, setup_console
+from jaxmnist.runtime.workdir import WorkdirError, check_path_argument, replace_file
+
+
+def resolve_step(checkpoints: Checkpoints, step: str) -> int:
+    """'best', 'latest' or a step number -> a step that has a checkpoint."""
+    if not checkpoints.steps():
+        raise CheckpointError(f"{checkpoints.directory} holds no checkpoints: train first with python -m jaxmnist.train.")
+    if step == "best":
+        best = checkpoints.best_step()
+        if best is None:
+            raise CheckpointError(f"{checkpoints.directory} has no end-of-epoch checkpoint yet, so no best; use --step latest.")
+        return best
+    if step == "latest":
+        return checkpoints.latest_step()
+    if not (step.isascii() and step.isdigit()) or int(step) not in checkpoints.steps():
+        raise CheckpointError(f"There is no checkpoint for --step {step} in {checkpoints.directory}; it has best, latest or {checkpoints.steps()}.")
+    return int(step)
+
+
+class RestoredModel(NamedTuple):
+    """A trained model: the module its run recorded, its variables, the checkpoint's meta and step."""
+
+    model: Any  # a flax.linen Module
+    variables: dict[str, Any]  # {"params": ...} and, for models with BatchNorm, "batch_stats"
+    meta: dict[str, Any]
+    step: int
+
+
+def restore_model(workdir: str | Path, step: str = "best") -> RestoredModel:
+    """The model of one checkpoint, built from the config its run recorded and checked against the
+    saved shapes; with its meta and step number."""
+    if not str(workdir).strip():
+        raise CheckpointError("--workdir must name a training run's folder (it is empty: an unset shell variable?).")
+    check_path_argument("--workdir", str(workdir))
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise CheckpointError(f"--workdir {workdir} is a file, not a training run's folder.")
+    if not workdir.is_dir():
+        raise CheckpointError(f"--workdir {workdir} does not exist.")
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    number = resolve_step(checkpoints, step)
+    model = build_model(checkpoints.meta(number)["config"])  # the model its run recorded, as this code builds it
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
+    # Onto this process's first device, whatever mesh the checkpoint was written from.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), expected)
+    try:
+        variables, meta = checkpoints.restore_variables(number, target)
+    except OtherModel as error:
+        raise OtherModel(f"{error}: this code's model is not the one that trained it; use the code that did.") from None
+    except CheckpointError:
+        checkpoints.reload()
+        if number in checkpoints.steps():
+            raise
+        # Not damaged: a run training in this workdir replaced it while it was read.
+        if step in ("best", "latest"):
+            return restore_model(workdir, step)
+        raise CheckpointError(f"Checkpoint step {number} in {workdir} was removed by the run training there "
+                              "while it was read; use --step best or latest.") from None
+    return RestoredModel(model, variables, meta, number)
+
+
+def read_run(workdir: str | Path) -> dict[str, Any]:
+    """What a run recorded about itself ({"config", "data", ...}): its config.json, or, when that
+    is lost or damaged, the newest checkpoint's copy of the same record."""
+    workdir = Path(workdir)
+    try:
+        record = json.loads((workdir / "config.json").read_text())
+        if isinstance(record, dict) and isinstance(record.get("config"), dict):
+            return record
+    except (OSError, ValueError):
+        pass
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    if not checkpoints.steps():
+        raise CheckpointError(f"{workdir} has neither a readable config.json nor checkpoints: is it a jaxmnist run?")
+    return checkpoints.meta(checkpoints.latest_step())
+
+
+SCALES = ("pixels", "unit", "normalized")
+
+
+def load_model(workdir: str | Path, step: str = "best") -> Callable[..., np.ndarray]:
+    """A trained model as a function predict(images, scale=None) -> class probabilities [N, 10].
+
+    images are [N, 28, 28] (or [N, 28, 28, 1]), white digits on black as in MNIST. uint8 images are
+    pixels 0..255. Float images must say what they hold, because guessing gives wrong answers
+    silently: scale="pixels" (0..255), "unit" (0..1, the usual float form) or "normalized" (the
+    lab's (x/255 - 0.1307) / 0.3081).
+    """
+    restored = restore_model(workdir, step)
+    return predictor(restored.model, restored.variables)
+
+
+def predictor(model, variables) -> Callable[..., np.ndarray]:
+    """load_model's predict function for a model whose variables are already restored."""
+    forward = jax.jit(lambda images: jax.nn.softmax(model.apply(variables, images)))
+
+    def predict(images: np.ndarray, scale: str | None = None) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim == 4 and images.shape[-1] == 1:
+            images = images[..., 0]
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise ValueError(f"predict takes images [N, 28, 28], got an array of shape {images.shape}.")
+        scale = scale or ("pixels" if images.dtype == np.uint8 else None)
+        if scale not in SCALES:
+            raise ValueError(f"Float images need scale= one of {', '.join(SCALES)} (got {scale!r}): say whether "
+                             "they hold 0..255, 0..1 or normalized values.")
+        if scale == "normalized":
+            return np.asarray(forward(jnp.asarray(images, jnp.float32)[..., None]))
+        return np.asarray(forward(normalize(jnp.asarray(images), white=1.0 if scale == "unit" else 255.0)))
+
+    return predict
+
+
+def error_analysis(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """Confusion matrix, per-class accuracy, frequent confusions and every misclassified image."""
+    predictions = probabilities.argmax(axis=1)
+    confusion = np.zeros((10, 10), np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    per_class = {str(c): {"correct": int(confusion[c, c]), "total": int(confusion[c].sum()),
+                          "accuracy": 100.0 * confusion[c, c] / max(confusion[c].sum(), 1)} for c in range(10)}
+    off_diagonal = [(int(confusion[t, p]), t, p) for t in range(10) for p in range(10) if t != p and confusion[t, p]]
+    wrong = np.flatnonzero(predictions != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]], kind="stable")]  # most confident first
+    return {
+        "per_class": per_class,
+        "confusion_matrix": confusion.tolist(),
+        "top_confusions": [{"true": t, "predicted": p, "count": n} for n, t, p in sorted(off_diagonal, key=lambda e: (-e[0], e[1], e[2]))],
+        "misclassified": [{"index": int(i), "true": int(labels[i]), "predicted": int(predictions[i]),
+                           "confidence": float(probabilities[i, predictions[i]])} for i in wrong],
+    }
+
+
+def load_run_data(run: dict[str, Any], data_dir: str | None = None,
+                  idx_dir: str | None = None) -> tuple[data.MNIST, data.Source]:
+    """MNIST from the given flags (other data, on purpose) or, when neither is given, from the
+    source the run recorded (run is read_run's record or a checkpoint's meta): a relative path is
+    taken from the folder the run started in, and files that now hold other images than the run
+    trained on are refused. With the Source record that says which data it is."""
+    config = run["config"]
+    own = data_dir is None and idx_dir is None
+    if own:
+        data_dir, idx_dir = (_where_recorded(config.get(name), run.get("cwd")) for name in ("data_dir", "idx_dir"))
+    dataset = data.load(data_dir, idx_dir, config.get("cache_dir", ""))
+    source = data.describe(dataset, data_dir, idx_dir)
+    recorded = run.get("data")
+    if own and recorded and recorded["fingerprint"] != source.fingerprint:
+        raise data.DataError(f"The run trained on {recorded['name']} (fingerprint {recorded['fingerprint']}), but "
+                             f"{source.name} now holds other images ({source.fingerprint}); give --data-dir or "
+                             "--idx-dir to evaluate on other data on purpose.")
+    return dataset, source
+
+
+def _where_recorded(path: str | None, cwd: str | None) -> str | None:
+    """A path the run recorded, relative ones joined to the folder it was recorded in (when known)."""
+    if path is None or cwd is None or Path(path).expanduser().is_absolute():
+        return path
+    return str(Path(cwd) / path)
+
+
+def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.MNIST | None = None,
+                        data_dir: str | None = None, idx_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate one checkpoint on every test image: the report that write_report saves. dataset
+    (with data_dir or idx_dir naming it) replaces the run's own data."""
+    model, variables, meta, number = restore_model(workdir, step)
+    if dataset is None:
+        dataset, source = load_run_data(meta, data_dir, idx_dir)
+    else:
+        source = data.describe(dataset, data_dir, idx_dir)
+    batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, meta["config"].get("eval_batch_size", 500)))
+    totals, probabilities = evaluate(model, variables, batches)
+    count = int(totals.count)
+    return {
+        "step": number, "epoch": meta["epoch"], "correct": int(totals.correct), "test_images": count,
+        "test_accuracy": 100.0 * int(totals.correct) / count, "test_loss": float(totals.loss_sum) / count,
+        "logged_correct": meta.get("correct"),
+        "data": source._asdict(),  # the images that "index" below refers to
+        "run_data": meta.get("data"),  # what the run trained and logged on
+        **error_analysis(dataset.test_labels, np.asarray(probabilities)),
+    }
+
+
+def write_report(workdir: str | Path, report: dict[str, Any]) -> Path:
+    """<workdir>/eval/<step>.json, written atomically; OSError when the workdir is read-only,
+    WorkdirError when eval/ or the file is a symbolic link (never written through)."""
+    out = Path(workdir) / "eval"
+    if out.is_symlink():
+        raise WorkdirError(f"{out} is a symbolic link, not a folder jaxmnist made; move it away to save reports.")
+    out.mkdir(exist_ok=True)
+    path = out / f"{report['step']}.json"
+    replace_file(path, json.dumps(report, indent=1) + "\n")
+    return path
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The lab's accuracy line, then the per-class table, the confusion matrix and top confusions."""
+    log.info("Checkpoint step %d (epoch %d)", report["step"], report["epoch"])
+    log.info("Test Accuracy: %d/%d (%.2f%%)  test loss %.4f",
+             report["correct"], report["test_images"], report["test_accuracy"], report["test_loss"])
+    run_data = report.get("run_data") or report["data"]
+    if run_data["fingerprint"] != report["data"]["fingerprint"]:
+        log.info("On %s (fingerprint %s), not the run's own %s.", report["data"]["name"], report["data"]["fingerprint"],
+                 run_data["name"])
+    elif report["logged_correct"] is not None and report["logged_correct"] != report["correct"]:
+        log.warning("Training logged %d correct for this checkpoint, on the same images: the arithmetic differs "
+                    "(another JAX version, JAX_ENABLE_X64, another device).", report["logged_correct"])
+    log.info("\nclass  correct / total  accuracy")
+    for c, row in report["per_class"].items():
+        log.info("%5s  %7d / %5d  %7.2f%%", c, row["correct"], row["total"], row["accuracy"])
+    log.info("\nconfusion matrix (rows: true, columns: predicted)")
+    log.info("      " + "".join(f"{p:>6d}" for p in range(10)))
+    for t, row in enumerate(report["confusion_matrix"]):
+        log.info(f"{t:>6d}" + "".join(f"{n:>6d}" for n in row))
+    log.info("\nmost frequent confusions (true -> predicted: count)")
+    for entry in report["top_confusions"][:10]:
+        log.info("  %d -> %d: %d", entry["true"], entry["predicted"], entry["count"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, evaluate, print; every expected failure is one line and exit 1."""
+    parser = checkpoint_parser(prog="python -m jaxmnist.evaluate", description="Restore a checkpoint and analyse its "
+                           "errors on the 10,000 test images.")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's own data source)")
+    parser.add_argument("--idx-dir", default=None, help="read the MNIST IDX files from here instead of TFDS")
+    args = parser.parse_args(argv)
+    setup_console()
+    return run_command(lambda: _evaluate_and_report(args))
+
+
+def _evaluate_and_report(args) -> None:
+    check_path_argument("--data-dir", args.data_dir)
+    check_path_argument("--idx-dir", args.idx_dir)
+    report = evaluate_checkpoint(args.workdir, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
+    print_report(report)
+    try:
+        log.info("\nWritten to %s", write_report(args.workdir, report))
+    except OSError as error:  # a read-only workdir: the report above is still whole
+        log.warning("\nThe report was not saved: %s/eval cannot be written (%s).", args.workdir, error.strerror)
+    except WorkdirError as error:
+        log.warning("\nThe report was not saved: %s", error)

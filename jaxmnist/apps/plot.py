@@ -1,0 +1,295 @@
+"""Draw a run's figures: learning curves, training samples, confusion matrix, misclassified digits.
+
+    jaxmnist plot --workdir runs/mnist                         # -> runs/mnist/plots/*.png
+    jaxmnist plot --workdir runs/a --workdir runs/b --out cmp  # curves of several runs, named by what differs
+    jaxmnist plot --sweep runs/sweep                           # -> runs/sweep/plots/sweep.png
+
+(`python -m jaxmnist.plot` and `python scripts/plot.py` are the same command.)
+
+Reads <workdir>/metrics.jsonl and <workdir>/eval/<best step>.json (computing the latter with
+jaxmnist.apps.evaluate when it is missing). The only module that imports matplotlib; runs headless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display needed
+import jax  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxmnist.apps.evaluate import (  # noqa: E402
+    evaluate_checkpoint,
+    load_run_data,
+    read_run,
+    restore_model,
+    write_report,
+)
+from jaxmnist.apps.sweep.plan import differing_settings, label  # noqa: E402
+from jaxmnist.config import Config  # noqa: E402
+from jaxmnist.core.augment import random_transform  # noqa: E402
+from jaxmnist.core.loops import epoch_order  # noqa: E402
+from jaxmnist.core.steps import derive_keys, split_step_key  # noqa: E402
+from jaxmnist.errors import UserError  # noqa: E402
+from jaxmnist.runtime import data  # noqa: E402
+from jaxmnist.runtime.checkpoint import Checkpoints  # noqa: E402
+from jaxmnist.runtime.reporting import MetricsLog, quiet_libraries  # noqa: E402
+from jaxmnist.runtime.workdir import check_path_argument, is_run  # noqa: E402
+
+
+def run_labels(workdirs: list[Path]) -> list[str]:
+    """Each run named by what differs in its recorded recipe (`lr=0.003, dropout=0.3, seed=1`); the
+    folder's name where the recipes are the same, or a run has no config.json."""
+    try:
+        recipes = [read_run(workdir)["config"] for workdir in workdirs]
+    except UserError:
+        return [workdir.name for workdir in workdirs]
+    labels = [label(settings) for settings in differing_settings(recipes)]
+    return labels if all(labels) else [workdir.name for workdir in workdirs]
+
+
+def plot_curves(workdirs: list[Path], out: Path) -> None:
+    """Training loss (every log point and per epoch), test loss, test accuracy and learning rate."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    (loss_ax, test_loss_ax), (accuracy_ax, lr_ax) = axes
+    for workdir, name in zip(workdirs, run_labels(workdirs) if len(workdirs) > 1 else [None] * len(workdirs)):
+        metrics = MetricsLog(workdir / "metrics.jsonl")
+        points, epochs = metrics.records("train"), metrics.records("epoch")
+        steps_per_epoch = epochs[0]["step"] / epochs[0]["epoch"] if epochs else 1
+        line = loss_ax.plot([p["step"] / steps_per_epoch for p in points], [p["loss"] for p in points],
+                            alpha=0.45, lw=1, label=f"{name}: batch" if name else "one batch (log points)")[0]
+        x = [e["epoch"] for e in epochs]
+        loss_ax.plot(x, [e["train_loss"] for e in epochs], "o-", color=line.get_color(),
+                     label=f"{name}: epoch mean" if name else "epoch mean")
+        test_loss_ax.plot(x, [e["test_loss"] for e in epochs], "o-", label=name)
+        accuracy_ax.plot(x, [e["test_accuracy"] for e in epochs], "o-", label=name)
+        lr_ax.step(x, [e["lr"] for e in epochs], "o-", where="mid", label=name)
+    loss_ax.set(title="Training loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
+    test_loss_ax.set(title="Test loss (10,000 unrotated images)", xlabel="epoch", ylabel="cross-entropy")
+    accuracy_ax.set(title="Test accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    accuracy_ax.axhline(99.05, color="grey", ls=":", lw=1, label="the lab: 99.05%")
+    lr_ax.set(title="Learning rate", xlabel="epoch", ylabel="Adam learning rate", yscale="log")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=90)
+    plt.close(fig)
+
+
+SWEEP_CURVES = {"test_accuracy": "Test accuracy (%)", "val_accuracy": "Validation accuracy (%)",
+                "train_accuracy": "Training accuracy (%)", "train_loss": "Training loss", "test_loss": "Test loss"}
+
+
+def plot_sweep(root: Path, out: Path) -> None:
+    """sweep.png: for each recipe among the runs in root, the mean over its seeds of every epoch
+    curve, with a band of +-1 standard deviation; over the epochs that all its seeds have reached."""
+    workdirs = sorted(d for d in root.iterdir() if d.is_dir() and is_run(d) and (d / "metrics.jsonl").is_file())
+    if not workdirs:
+        raise UserError(f"{root} holds no jaxmnist runs: is it a sweep's --root?")
+    groups: dict[str, list[list[dict]]] = {}
+    recipes: dict[str, dict] = {}
+    for workdir in workdirs:
+        recipe = {k: v for k, v in read_run(workdir)["config"].items() if k in Config().recipe_dict() and k != "seed"}
+        key = json.dumps(recipe, sort_keys=True)
+        recipes.setdefault(key, recipe)
+        groups.setdefault(key, []).append(MetricsLog(workdir / "metrics.jsonl").records("epoch"))
+    names = dict(zip(recipes, (label(s) or "all runs" for s in differing_settings(list(recipes.values())))))
+    curves = [key for key in SWEEP_CURVES if any(key in r for runs in groups.values() for records in runs for r in records)]
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.2), squeeze=False)
+    for ax, curve in zip(axes.flat, curves):
+        for key, runs in groups.items():
+            epochs = min(len(records) for records in runs)
+            values = np.array([[r.get(curve, np.nan) for r in records[:epochs]] for records in runs])  # [seeds, epochs]
+            x, mean = np.arange(1, epochs + 1), values.mean(axis=0)
+            std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(epochs)  # the table's sample std
+            line = ax.errorbar(x, mean, yerr=std, fmt="o-", capsize=3, label=f"{names[key]} ({len(runs)} seeds)")[0]
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set(title=SWEEP_CURVES[curve], xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"{root}: mean over seeds, band +-1 std")
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=90)
+    plt.close(fig)
+
+
+def plot_structure(config: Config, out: Path) -> None:
+    """structure.png: the run's network as a column of its layers (the lab report's Figure 3), each
+    with its output shape and parameters; blocks of layers as one box (jaxmnist.apps.summary lists all)."""
+    from jaxmnist.apps.summary import layers
+    from jaxmnist.core.models import build_model
+
+    rows = layers(build_model(config))
+    parameters: dict[str, int] = {}
+    for row in rows:  # a block's box counts the parameters of the layers inside it
+        top = row.name.split("/")[0].split(" ")[0]
+        parameters[top] = parameters.get(top, 0) + row.parameters
+    boxes = [row for row in rows if row.depth == 0]
+    fig, ax = plt.subplots(figsize=(4.2, 0.55 * (len(boxes) + 1)))
+    for i, row in enumerate([None, *boxes]):
+        y = len(boxes) - i
+        name, shape = ("input", "28x28x1") if row is None else (row.name, "x".join(map(str, row.output)))
+        count = parameters.get(name.split(" ")[0], 0) if row is not None else 0
+        text = f"{name}   {shape}" + (f"   {count:,} params" if count else "")
+        ax.text(0.5, y, text, ha="center", va="center", fontsize=8,
+                bbox={"boxstyle": "round", "facecolor": "#dde8f5" if count else "#f2f2f2", "edgecolor": "#6a7f99"})
+        if i:
+            ax.annotate("", xy=(0.5, y + 0.25), xytext=(0.5, y + 0.75), arrowprops={"arrowstyle": "->", "color": "#6a7f99"})
+    total = sum(parameters.values())
+    ax.set(xlim=(0, 1), ylim=(-0.6, len(boxes) + 0.6), title=f"{config.model}: {total:,} parameters")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "structure.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16) -> None:
+    """The first images of epoch 1's first batch, shuffled and rotated exactly as training saw them."""
+    keys = derive_keys(config.seed)
+    order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(dataset.train_images), config.batch_size)
+    ids = np.asarray(order.indices[0])
+    augment_key, _ = split_step_key(jax.random.fold_in(keys.augment, 0))  # step 0's, as the train step splits it
+    images = random_transform(augment_key, dataset.train_images[ids], config.rotation, config.translate)
+    fig, axes = plt.subplots(2, count // 2, figsize=(count * 0.75, 4.2))
+    for ax, image, digit in zip(axes.flat, np.asarray(images), dataset.train_labels[ids]):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(str(digit))
+        ax.axis("off")
+    fig.suptitle(f"First training batch of epoch 1, as the model sees it (rotation +-{config.rotation:g} degrees"
+                 + (f", shift +-{config.translate} pixels)" if config.translate else ")"))
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=90)
+    plt.close(fig)
+
+
+def plot_confusion(report: dict, out: Path) -> None:
+    """The 10x10 confusion matrix, counts annotated; the diagonal is shaded separately."""
+    matrix = np.array(report["confusion_matrix"])
+    errors = np.where(np.eye(10, dtype=bool), 0, matrix)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(errors, cmap="Reds")
+    for t in range(10):
+        for p in range(10):
+            if matrix[t, p]:
+                dark = errors[t, p] > 0.55 * errors.max()  # white on the darkest reds, to stay readable
+                colour = "tab:green" if t == p else "white" if dark else "black"
+                ax.text(p, t, matrix[t, p], ha="center", va="center", fontsize=8, color=colour,
+                        weight="bold" if t == p or dark else None)
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
+           title=f"Confusion matrix, step {report['step']}: {report['correct']}/{report['test_images']} correct\n"
+                 "(colour: mistakes only; green: correct counts)")
+    fig.colorbar(image, ax=ax, label="misclassified images")
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=90)
+    plt.close(fig)
+
+
+def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 150) -> None:
+    """The misclassified test images, most confident mistakes first."""
+    wrong = report["misclassified"][:limit]
+    columns = 10
+    rows = max(1, -(-len(wrong) // columns))
+    height = rows * 1.45 + 0.6  # inches: the last 0.6 hold the title, whatever the number of rows
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.25, height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, wrong):
+        ax.imshow(dataset.test_images[m["index"]], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{m['true']} -> {m['predicted']} ({m['confidence']:.2f})", fontsize=8)
+    shown = f"the {len(wrong)} most confident" if len(report["misclassified"]) > limit else "all"
+    fig.suptitle(f"Misclassified test images ({shown} of {len(report['misclassified'])}): true -> predicted (confidence)")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))  # the rows below the title, never under it
+    fig.savefig(out / "errors.png", dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxmnist.plot", description=__doc__.splitlines()[0])
+    runs = parser.add_mutually_exclusive_group(required=True)
+    runs.add_argument("--workdir", action="append", help="a run's workdir; repeat to overlay runs")
+    runs.add_argument("--sweep", help="a sweep's --root: each recipe's mean curves over its seeds, into sweep.png")
+    parser.add_argument("--out", help="where the PNGs go (default: <first workdir or sweep>/plots)")
+    parser.add_argument("--data-dir", help="TFDS data directory (default: the run's own data source)")
+    parser.add_argument("--idx-dir", help="MNIST IDX files (default: the run's own data source)")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    try:
+        out = draw_sweep(Path(args.sweep), args.out) if args.sweep else draw(args)
+    except UserError as error:
+        print(error, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Stopped.", file=sys.stderr)
+        return 130
+    print(f"Wrote {'sweep.png' if args.sweep else 'curves.png, samples.png, structure.png, confusion.png and errors.png'} to {out}")
+    return 0
+
+
+def draw_sweep(root: Path, out: str | None) -> Path:
+    """sweep.png of a sweep's root, into out (default: <root>/plots)."""
+    if not root.is_dir():
+        raise UserError(f"--sweep {root} is not a folder.")
+    folder = _output_folder(Path(out) if out else root / "plots")
+    plot_sweep(root, folder)
+    return folder
+
+
+def _output_folder(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"--out {out} cannot be used as a folder ({error.strerror}).") from None
+    return out
+
+
+def draw(args: argparse.Namespace) -> Path:
+    """Every figure, into --out; each failure is one UserError sentence."""
+    for flag, value in [("--workdir", w) for w in args.workdir] + [("--out", args.out), ("--data-dir", args.data_dir),
+                                                                    ("--idx-dir", args.idx_dir)]:
+        check_path_argument(flag, value)
+    workdirs = [Path(w) for w in args.workdir]
+    for workdir in workdirs:
+        if not (workdir / "metrics.jsonl").is_file():
+            raise UserError(f"{workdir} has no metrics.jsonl: is it a jaxmnist workdir?")
+    # The figures of the best checkpoint describe its model: one sentence, before any figure is
+    # written, when this code's model is no longer the one that trained it.
+    restore_model(workdirs[0], "best")
+    out = _output_folder(Path(args.out) if args.out else workdirs[0] / "plots")
+    plot_curves(workdirs, out)
+
+    # The per-image figures describe the first run's best checkpoint, on the data it trained on.
+    workdir = workdirs[0]
+    run = read_run(workdir)
+    config = Config(**{k: v for k, v in run["config"].items() if k in Config.__dataclass_fields__} | {"restart": False})
+    dataset, source = load_run_data(run, args.data_dir, args.idx_dir)
+    best = Checkpoints(workdir / "checkpoints", read_only=True).best_step()
+    report = _saved_report(workdir / "eval" / f"{best}.json", source)
+    if report is None:  # missing, or computed on other images: its indices would title the wrong ones
+        report = evaluate_checkpoint(workdir, "best", dataset, args.data_dir or config.data_dir, args.idx_dir or config.idx_dir)
+        with contextlib.suppress(OSError):  # a read-only workdir only costs recomputing next time
+            write_report(workdir, report)
+    plot_samples(config, dataset, out)
+    plot_structure(config, out)
+    plot_confusion(report, out)
+    plot_errors(report, dataset, out)
+    return out
+
+
+def _saved_report(path: Path, source) -> dict | None:
+    """The evaluation saved at path, if it is readable and indexes this very data."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if report.get("data", {}).get("fingerprint") == source.fingerprint else None

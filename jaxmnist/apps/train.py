@@ -1,0 +1,64 @@
+"""`python -m jaxmnist.train`: train the MNIST lab's CNN and keep its best checkpoint.
+
+This is the command line only: flags in, one line per failure out. The run itself is
+jaxmnist.runtime.run.train_and_evaluate, imported after the flags are parsed, so that `--help` and a
+mistyped flag answer at once instead of after JAX has loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+from jaxmnist.config import parse_config
+from jaxmnist.errors import UserError
+from jaxmnist.runtime.reporting import log, setup_console
+from jaxmnist.runtime.stopping import stop_on_signals
+
+DESCRIPTION = """\
+Train the MNIST lab's two-conv CNN (Adam, step decay, random rotation) in JAX,
+test it after every epoch and keep the best checkpoint. Stopped or killed, the
+same command resumes it exactly."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags, train, and turn every expected failure into one line on stderr and a non-zero exit."""
+    config = parse_config(argv, prog="python -m jaxmnist.train", description=DESCRIPTION)
+    setup_console()
+    # From here on Ctrl-C and SIGTERM only set a flag, honoured between steps of the work: an
+    # exception raised inside an import (JAX's, TensorFlow's) aborts the interpreter instead.
+    with stop_on_signals() as stop:
+        try:
+            from jaxmnist.runtime import parallel  # noqa: PLC0415 - JAX loads here, after the flags
+            from jaxmnist.runtime.run import (
+                configure_jax,
+                stop_if_asked,
+                train_and_evaluate,
+            )
+
+            stop_if_asked(stop)
+            configure_jax(config)  # before any device is touched
+            parallel.start_backend()
+            stop.listen()  # again: jax.distributed installs its own SIGTERM handler
+            if not parallel.is_main_process():  # one console for the whole run: process 0's
+                log.setLevel("ERROR")
+            train_and_evaluate(config, stop=stop)
+        except UserError as error:
+            log.error("%s", error)
+            if error.leaves_threads_behind:  # a failed save: Orbax's threads would keep the process alive
+                _exit_at_once(error.exit_code)
+            return error.exit_code
+        except OSError as error:  # a workdir file made unwritable mid-run, or a full disk
+            log.error("Cannot write %s (%s); the checkpoints saved before it are intact.", error.filename or "a file",
+                      error.strerror or error)
+            return 1
+    return 0
+
+
+def _exit_at_once(code: int) -> None:
+    """End the process now, without the interpreter's clean-up, once the console is flushed.
+    Only for failures where nothing is left to save."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
