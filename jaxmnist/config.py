@@ -31,6 +31,10 @@ def _option(default: Any, help: str, metavar: str | None = None, **extra: Any) -
     return dataclasses.field(default=default, metadata={"help": help, "metavar": metavar, "recipe": False, **extra})
 
 
+# The one answer to an empty path flag (an unset shell variable, most often), for every command.
+EMPTY_PATH = "must name a folder (it is empty: an unset shell variable?)"
+
+
 class SettingError(ValueError):
     """A setting's value is invalid; name is the field, the message one sentence."""
 
@@ -123,7 +127,7 @@ class Config:
             ("seed", 0 <= self.seed < SEED_LIMIT, "must be between 0 and 2**64-1"),
             ("devices", self.devices == "all" or (self.devices.isascii() and self.devices.isdigit() and int(self.devices) > 0),
              "must be 'all' or a positive integer"),
-            ("workdir", self.workdir.strip() != "", "must name a folder (it is empty: an unset shell variable?)"),
+            ("workdir", self.workdir.strip() != "", EMPTY_PATH),
         )
         for name, valid, requirement in checks:
             if not valid:

@@ -37,7 +37,8 @@ from jaxmnist.config import Config, parse_config
 from jaxmnist.core.loops import evaluate, stack_batches
 from jaxmnist.runtime import data, parallel
 from jaxmnist.runtime.reporting import quiet_libraries
-from jaxmnist.runtime.run import configure_jax, train_and_evaluate
+from jaxmnist.runtime.parallel import configure_jax
+from jaxmnist.runtime.run import train_and_evaluate
 
 TORCH_SCRIPT = ROOT / "reference" / "lab_pytorch.py"
 

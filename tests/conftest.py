@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 
 from jaxmnist.runtime.data import _IDX_FILES, MNIST  # noqa: E402
 
-# The arithmetic of the default --precision float32, which training sets in run.configure_jax:
+# The arithmetic of the default --precision float32, which training sets in parallel.configure_jax:
 # in-process tests compare with float32 references, and GPUs would otherwise use TF32.
 jax.config.update("jax_default_matmul_precision", "highest")
 

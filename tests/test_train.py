@@ -128,7 +128,7 @@ def test_precision_and_determinism_are_set_through_jax_before_the_backend_starts
     script = """
 import os, jax
 from jaxmnist.config import Config
-from jaxmnist.runtime.run import configure_jax
+from jaxmnist.runtime.parallel import configure_jax
 configure_jax(Config(cache_dir=""))
 print(jax.config.jax_default_matmul_precision, os.environ["XLA_FLAGS"])
 configure_jax(Config(cache_dir="", precision="tf32", deterministic=False))

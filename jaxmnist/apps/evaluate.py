@@ -52,9 +52,7 @@ class RestoredModel(NamedTuple):
 def restore_model(workdir: str | Path, step: str = "best") -> RestoredModel:
     """The model of one checkpoint, built from the config its run recorded and checked against the
     saved shapes; with its meta and step number."""
-    if not str(workdir).strip():
-        raise CheckpointError("--workdir must name a training run's folder (it is empty: an unset shell variable?).")
-    check_path_argument("--workdir", str(workdir))
+    check_path_argument("--workdir", str(workdir), required=True)
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise CheckpointError(f"--workdir {workdir} is a file, not a training run's folder.")

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.errors import UserError
-from jaxmnist.runtime.reporting import log, run_command, setup_console
+from jaxmnist.runtime.reporting import log, package_version, run_command, setup_console
 from jaxmnist.runtime.workdir import check_path_argument, sync_folder
 
 ARTIFACT = "mnist.jaxexport"
@@ -124,8 +124,7 @@ def _write_as_one(out: Path, write: Callable[[Path], None]) -> None:
 def _check_out(out: str | Path) -> None:
     """--out must be a new or empty folder, or one this command wrote before (which it replaces):
     nothing of the user's is overwritten."""
-    if not str(out).strip():
-        raise ExportError("--out must name a folder (it is empty: an unset shell variable?).")
+    check_path_argument("--out", str(out), required=True)
     out = Path(out)
     if out.is_symlink():
         raise ExportError(f"--out {out} is a symbolic link; give the folder itself.")
@@ -168,17 +167,8 @@ def _export_onnx(forward: Callable, path: Path) -> dict[str, Any]:
     if difference > ONNX_TOLERANCE:
         raise ExportError(f"The ONNX model differs from JAX by {difference:.2e} in a probability (allowed: "
                           f"{ONNX_TOLERANCE:g}), so it was not written.")
-    return {"file": path.name, "jax2onnx": _version("jax2onnx"), "onnxruntime": onnxruntime.__version__,
+    return {"file": path.name, "jax2onnx": package_version("jax2onnx"), "onnxruntime": onnxruntime.__version__,
             "max_abs_difference_vs_jax": difference, "checked_on": "64 random uint8 images"}
-
-
-def _version(package: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from typing import Sequence
 from jaxmnist.config import parse_config
 from jaxmnist.errors import UserError
 from jaxmnist.runtime.reporting import log, setup_console
-from jaxmnist.runtime.stopping import stop_on_signals
+from jaxmnist.runtime.stopping import stop_if_asked, stop_on_signals
 
 DESCRIPTION = """\
 Train the MNIST lab's two-conv CNN (Adam, step decay, random rotation) in JAX,
@@ -31,14 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stop_on_signals() as stop:
         try:
             from jaxmnist.runtime import parallel  # noqa: PLC0415 - JAX loads here, after the flags
-            from jaxmnist.runtime.run import (
-                configure_jax,
-                stop_if_asked,
-                train_and_evaluate,
-            )
+            from jaxmnist.runtime.run import train_and_evaluate
 
             stop_if_asked(stop)
-            configure_jax(config)  # before any device is touched
+            parallel.configure_jax(config)  # before any device is touched
             parallel.start_backend()
             stop.listen()  # again: jax.distributed installs its own SIGTERM handler
             if not parallel.is_main_process():  # one console for the whole run: process 0's

@@ -49,15 +49,41 @@ class TrainTotals(NamedTuple):
 RunSteps = Callable[..., tuple[train_state.TrainState, TrainTotals, jax.Array]]
 
 
+def num_batches(num_images: int, batch_size: int) -> int:
+    """Batches that hold num_images, the last partial one kept: 60,000 / 64 -> 938 a lab epoch."""
+    return -(-num_images // batch_size)
+
+
+def batched(array, batch_size: int):
+    """[N, ...] -> [S, B, ...], the last batch padded with zeros: NumPy stays NumPy (placed on the
+    device later, not computed there), a JAX array stays on the device."""
+    xp = np if isinstance(array, np.ndarray) else jnp
+    padding = num_batches(len(array), batch_size) * batch_size - len(array)
+    padded = xp.concatenate([array, xp.zeros((padding, *array.shape[1:]), array.dtype)])
+    return padded.reshape(-1, batch_size, *array.shape[1:])
+
+
+def padding_mask(num_images: int, batch_size: int) -> np.ndarray:
+    """[S, B] float32: 1 for the real images, 0 for the padding that fills the last batch."""
+    return batched(np.ones(num_images, np.float32), batch_size)
+
+
 @functools.partial(jax.jit, static_argnames=("num_images", "batch_size"))
 def epoch_order(key: jax.Array, num_images: int, batch_size: int) -> EpochOrder:
     """A fresh shuffle of all images; the last batch is padded with masked copies of image 0."""
-    num_steps = -(-num_images // batch_size)
-    padding = num_steps * batch_size - num_images
     order = jax.random.permutation(key, num_images).astype(jnp.int32)
-    indices = jnp.concatenate([order, jnp.zeros((padding,), jnp.int32)])
-    mask = jnp.concatenate([jnp.ones((num_images,), jnp.float32), jnp.zeros((padding,), jnp.float32)])
-    return EpochOrder(indices.reshape(num_steps, batch_size), mask.reshape(num_steps, batch_size))
+    return EpochOrder(batched(order, batch_size), jnp.asarray(padding_mask(num_images, batch_size)))
+
+
+def chunks(first_index: int, num_steps: int, log_every: int) -> list[tuple[int, int]]:
+    """The (start, end) batch indices of an epoch's compiled chunks from first_index on: each ends
+    just after a log point (a batch whose index is a multiple of log_every) or at the epoch's end."""
+    bounds, index = [], first_index
+    while index < num_steps:
+        end = min(-(-index // log_every) * log_every + 1, num_steps)
+        bounds.append((index, end))
+        index = end
+    return bounds
 
 
 def _constrain(batch: Batch, sharding) -> Batch:
@@ -145,16 +171,7 @@ def make_runner(loop: str, platform: str, options: StepOptions, batch_sharding=N
 
 def stack_batches(images: np.ndarray, labels: np.ndarray, batch_size: int) -> Batch:
     """A whole split as [S, B, ...] arrays, the last batch padded and masked."""
-    num_steps = -(-len(images) // batch_size)
-    padding = num_steps * batch_size - len(images)
-    mask = np.concatenate([np.ones(len(images), np.float32), np.zeros(padding, np.float32)])
-    images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
-    labels = np.concatenate([labels, np.zeros(padding, labels.dtype)])
-    return Batch(
-        images.reshape(num_steps, batch_size, *images.shape[1:]),
-        labels.reshape(num_steps, batch_size),
-        mask.reshape(num_steps, batch_size),
-    )
+    return Batch(batched(images, batch_size), batched(labels, batch_size), padding_mask(len(images), batch_size))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "batch_sharding"))

@@ -76,11 +76,6 @@ def derive_keys(seed: int) -> Keys:
     return Keys(*jax.random.split(root, len(Keys._fields)))
 
 
-def steps_per_epoch(num_images: int, batch_size: int) -> int:
-    """Batches per epoch with the last partial one kept: 60,000 / 64 -> 938."""
-    return -(-num_images // batch_size)
-
-
 def learning_rate_schedule(config: Config, steps_in_epoch: int) -> optax.Schedule:
     """The lab's StepLR(step_size, gamma) stepped per epoch, expressed in optimizer steps; or a
     cosine decay from --lr to 0 over the whole run. Either after an optional linear warmup from 0."""

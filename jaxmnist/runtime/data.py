@@ -6,8 +6,10 @@ source is used, so the IDX path (and a GPU machine without TensorFlow) never pay
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import os
 import socket
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxmnist.errors import UserError
+from jaxmnist.runtime.workdir import replace_file
 
 IMAGE_SIZE = 28
 TRAIN_SIZE = 60_000
@@ -83,15 +86,12 @@ def _read_cache(path: Path) -> MNIST | None:
 
 
 def _write_cache(path: Path, dataset: MNIST) -> None:
-    """Write atomically: a kill mid-write leaves no half file to read next time."""
-    try:
+    """Write atomically (replace_file): a kill mid-write leaves no half file to read next time."""
+    arrays = io.BytesIO()
+    np.savez(arrays, **dataset._asdict())
+    with contextlib.suppress(OSError, UserError):  # a cache that cannot be written only costs time
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        with partial.open("wb") as file:
-            np.savez(file, **dataset._asdict())
-        partial.replace(path)
-    except OSError:
-        pass  # a cache that cannot be written only costs time
+        replace_file(path, arrays.getvalue())
 
 
 # --- IDX files ---------------------------------------------------------------------------------

@@ -62,9 +62,6 @@ def setup_console() -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
     quiet_libraries()
-    # Orbax's abandoned coroutines after a damaged read report themselves as "Exception ignored"
-    # tracebacks by the hundred; the failure itself reaches the user as one sentence.
-    sys.unraisablehook = lambda unraisable: None
 
 
 def run_command(work: Callable[[], int | None]) -> int:
@@ -86,12 +83,13 @@ def write_config(workdir: Path, identity: dict[str, Any], device: str) -> None:
     identity is what each checkpoint holds too ({"config", "data", "devices"}), so a lost
     config.json costs nothing. Written atomically: a kill never leaves half a file.
     """
-    versions = {name: _version(name) for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")}
+    versions = {name: package_version(name) for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")}
     record = RUN_MARKER | identity | {"versions": versions, "device": device}
     replace_file(workdir / "config.json", json.dumps(record, indent=2) + "\n")
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of a distribution, None when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

@@ -11,6 +11,8 @@ import signal
 import threading
 from typing import Iterator
 
+from jaxmnist.errors import UserError
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -47,3 +49,24 @@ def stop_on_signals() -> Iterator[StopRequest]:
 def exit_code(signum: int) -> int:
     """The shell's convention: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
     return 128 + signum
+
+
+class TrainingStopped(UserError):
+    """The run stopped early; the message says why and what is kept."""
+
+
+class Interrupted(TrainingStopped):
+    """Ctrl-C or SIGTERM: the state was saved and the run can be resumed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = exit_code(signum)
+
+
+NOT_STARTED = "Stopped before training started; run the same command to start again."
+
+
+def stop_if_asked(stop: StopRequest) -> None:
+    """Between the steps of starting up: end now, in one line, if a stop was asked for."""
+    if stop.signal:
+        raise Interrupted(NOT_STARTED, stop.signal)

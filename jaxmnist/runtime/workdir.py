@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from jaxmnist.config import Config
+from jaxmnist.config import EMPTY_PATH, Config
 from jaxmnist.errors import UserError
 
 RUN_MARKER = {"written_by": "jaxmnist"}
@@ -62,11 +62,14 @@ def check_workdir(workdir: str) -> Path:
     return path
 
 
-def check_path_argument(flag: str, value: str | None) -> None:
+def check_path_argument(flag: str, value: str | None, required: bool = False) -> None:
     """Refuse in one sentence a path the system cannot even look up (a name too long for the file
     system, a loop of links, a folder not searchable); later it would end in a traceback. A path
-    that does not exist passes: each command says what it needs there."""
+    that does not exist passes: each command says what it needs there. An empty one is refused
+    when required, and otherwise means the flag is unset."""
     if value is None or not str(value).strip():
+        if required:
+            raise WorkdirError(f"{flag} {EMPTY_PATH}.")
         return
     try:
         os.stat(value)
@@ -83,7 +86,7 @@ def replace_file(path: Path, content: str | bytes) -> None:
     file. A symbolic link at path is refused, never followed."""
     if path.is_symlink():
         raise WorkdirError(f"{path} is a symbolic link, not a file jaxmnist wrote; move it away and run again.")
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # one per process: two writers never mix
     data = content.encode() if isinstance(content, str) else content
     try:
         with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb") as file:
