@@ -11,6 +11,7 @@ from jaxmnist.apps import train
 from jaxmnist.config import Config
 from jaxmnist.runtime import run
 from jaxmnist.runtime.checkpoint import Checkpoints
+from jaxmnist.runtime.workdir import WorkdirError
 
 
 def _run(tmp_path, dataset, **overrides):
@@ -70,7 +71,7 @@ def test_a_second_run_continues_where_the_first_stopped(tmp_path, tiny_mnist, ca
 
 def test_a_different_configuration_is_refused(tmp_path, tiny_mnist):
     _run(tmp_path, tiny_mnist, epochs=1)
-    with pytest.raises(run.WorkdirError, match="--lr 0.001 -> 0.002"):
+    with pytest.raises(WorkdirError, match="--lr 0.001 -> 0.002"):
         _run(tmp_path, tiny_mnist, epochs=1, lr=2e-3)
 
 
