@@ -74,3 +74,19 @@ def test_each_command_is_a_thin_entry_point_into_the_apps():
     for command in ("train", "evaluate", "predict", "export", "serve", "plot", "summary", "sweep"):
         text = (PACKAGE / f"{command}.py").read_text()
         assert "from jaxmnist.apps." in text and len(text.splitlines()) <= 10, command
+
+
+def test_the_architecture_page_names_every_module():
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    missing = [str(path.relative_to(PACKAGE)) for layer in ("core", "runtime", "apps") for path in _modules(layer)
+               if path.name != "__init__.py" and str(path.relative_to(PACKAGE)) not in page
+               and f"{path.parent.relative_to(PACKAGE)}/" not in page]
+    assert missing == []
+
+
+CORE_BUDGET = 800  # lines: the core is read in one sitting
+
+
+def test_the_core_stays_short_enough_to_read_in_one_sitting():
+    lines = sum(len(path.read_text().splitlines()) for path in _modules("core"))
+    assert lines <= CORE_BUDGET, f"the core has grown to {lines} lines; move what is not maths to the runtime"
