@@ -2,6 +2,6 @@
 
 import sys
 
-from jaxmnist.apps.train import main
+from jaxmnist import cli
 
-sys.exit(main())
+sys.exit(cli.run("train"))

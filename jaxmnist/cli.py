@@ -37,7 +37,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"jaxmnist: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
-    return importlib.import_module(f"jaxmnist.{command}").main(flags)
+    return run(command, flags)
+
+
+def run(command: str, argv: Sequence[str] | None = None) -> int:
+    """Run a command's main (jaxmnist/apps/<command>.py, or apps/sweep/command.py) on argv, by
+    default the process's own. Its module is imported here, so Ctrl-C while JAX or Matplotlib
+    loads ends as it does later: "Stopped." and status 130, not a traceback."""
+    module = "jaxmnist.apps.sweep.command" if command == "sweep" else f"jaxmnist.apps.{command}"
+    try:
+        main_of_command = importlib.import_module(module).main
+    except KeyboardInterrupt:
+        print("Stopped.", file=sys.stderr)
+        return 130
+    return main_of_command(argv)
 
 
 if __name__ == "__main__":

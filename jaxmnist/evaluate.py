@@ -1,8 +1,10 @@
-"""`python -m jaxmnist.evaluate`: the command's entry point; it lives in jaxmnist/apps/evaluate.py."""
+"""`python -m jaxmnist.evaluate`: restore a checkpoint and analyse its errors on the test set.
+
+The command lives in jaxmnist/apps/evaluate.py."""
 
 import sys
 
-from jaxmnist.apps.evaluate import main
+from jaxmnist import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("evaluate"))

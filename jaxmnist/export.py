@@ -1,8 +1,10 @@
-"""`python -m jaxmnist.export`: the command's entry point; it lives in jaxmnist/apps/export.py."""
+"""`python -m jaxmnist.export`: write the model as a jax.export artifact (and ONNX) to run without jaxmnist.
+
+The command lives in jaxmnist/apps/export.py."""
 
 import sys
 
-from jaxmnist.apps.export import main
+from jaxmnist import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("export"))

@@ -1,8 +1,10 @@
-"""`python -m jaxmnist.plot`: the command's entry point; it lives in jaxmnist/apps/plot.py."""
+"""`python -m jaxmnist.plot`: a run's figures: curves, samples, structure, confusion matrix, misclassified digits.
+
+The command lives in jaxmnist/apps/plot.py."""
 
 import sys
 
-from jaxmnist.apps.plot import main
+from jaxmnist import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("plot"))

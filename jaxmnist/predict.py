@@ -1,8 +1,10 @@
-"""`python -m jaxmnist.predict`: the command's entry point; it lives in jaxmnist/apps/predict.py."""
+"""`python -m jaxmnist.predict`: read the digit in your own pictures.
+
+The command lives in jaxmnist/apps/predict.py."""
 
 import sys
 
-from jaxmnist.apps.predict import main
+from jaxmnist import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("predict"))

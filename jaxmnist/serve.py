@@ -1,8 +1,10 @@
-"""`python -m jaxmnist.serve`: the command's entry point; it lives in jaxmnist/apps/serve.py."""
+"""`python -m jaxmnist.serve`: a local page where you draw a digit and watch the model read it.
+
+The command lives in jaxmnist/apps/serve.py."""
 
 import sys
 
-from jaxmnist.apps.serve import main
+from jaxmnist import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("serve"))

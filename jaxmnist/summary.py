@@ -1,8 +1,10 @@
-"""`python -m jaxmnist.summary`: the command's entry point; it lives in jaxmnist/apps/summary.py."""
+"""`python -m jaxmnist.summary`: a model's layers: output shapes, parameters, multiply-adds (--model lab|resnet).
+
+The command lives in jaxmnist/apps/summary.py."""
 
 import sys
 
-from jaxmnist.apps.summary import main
+from jaxmnist import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("summary"))

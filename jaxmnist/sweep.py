@@ -1,8 +1,10 @@
-"""`python -m jaxmnist.sweep`: the command's entry point; it lives in jaxmnist/apps/sweep/command.py."""
+"""`python -m jaxmnist.sweep`: run every combination of seeds and flags as ordinary runs, then a table of mean +- std.
+
+The command lives in jaxmnist/apps/sweep/."""
 
 import sys
 
-from jaxmnist.apps.sweep.command import main
+from jaxmnist import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("sweep"))

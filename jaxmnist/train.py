@@ -1,8 +1,10 @@
-"""`python -m jaxmnist.train`: the command's entry point; it lives in jaxmnist/apps/train.py."""
+"""`python -m jaxmnist.train`: train the lab's CNN (or --model resnet), test it after every epoch, keep the best; resumes.
+
+The command lives in jaxmnist/apps/train.py."""
 
 import sys
 
-from jaxmnist.apps.train import main
+from jaxmnist import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("train"))

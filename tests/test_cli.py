@@ -38,3 +38,21 @@ def test_an_unknown_or_missing_command_is_one_sentence_and_exit_2(capsys):
     assert capsys.readouterr().err.startswith("usage: jaxmnist {train,evaluate,predict,export,serve,plot,summary,sweep}")
     assert cli.main(["--help"]) == 0
     assert "plot      a run's figures" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_a_command_loads_is_one_line_and_130(monkeypatch, capsys):
+    """JAX, Matplotlib and TensorFlow take seconds to import: a Ctrl-C then is "Stopped.", not a traceback."""
+    def interrupted(name):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert cli.main(["evaluate", "--workdir", "runs/mnist"]) == 130
+    assert capsys.readouterr().err == "Stopped.\n"
+
+
+def test_each_python_m_entry_point_runs_its_command():
+    import subprocess
+    import sys
+    for command in cli.COMMANDS:
+        result = subprocess.run([sys.executable, "-m", f"jaxmnist.{command}", "--help"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0 and f"python -m jaxmnist.{command}" in result.stdout, (command, result.stderr)

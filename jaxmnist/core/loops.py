@@ -1,7 +1,8 @@
 """How steps are driven over the device-resident dataset: batch order, train loops, evaluation.
 
-The whole dataset lives on the device; a batch is a gather of 64 indices, so the host sends one
-small integer per step and never touches pixels. Two drivers run the same step body:
+The whole dataset lives on the device; a batch is a gather of 64 indices chosen by the step count
+the state carries, so the host sends nothing per step and never touches pixels. make_runner picks
+one of two drivers of the same step body (run_steps in runtime/run.py):
 - python: a Python loop of one jitted step per batch. XLA:CPU runs while-loops about 25x slower
   than this (BENCHMARKS.md), so this is the CPU's driver.
 - device: every step between two log points inside one compiled loop of fixed length, which
@@ -76,8 +77,9 @@ def epoch_order(key: jax.Array, num_images: int, batch_size: int) -> EpochOrder:
 
 
 def chunks(first_index: int, num_steps: int, log_every: int) -> list[tuple[int, int]]:
-    """The (start, end) batch indices of an epoch's compiled chunks from first_index on: each ends
-    just after a log point (a batch whose index is a multiple of log_every) or at the epoch's end."""
+    """The (start, end) batch indices of an epoch's chunks from first_index on: each ends just after
+    a log point (a batch whose index is a multiple of log_every, as the lab prints after batches 0,
+    100, 200, ...) or at the epoch's end. A lab epoch: (0, 1), (1, 101), (101, 201), ..., (901, 938)."""
     bounds, index = [], first_index
     while index < num_steps:
         end = min(-(-index // log_every) * log_every + 1, num_steps)

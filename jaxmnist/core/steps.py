@@ -1,7 +1,8 @@
 """The pure parts of training and evaluation: state, loss, one train step, one eval step.
 
-Nothing here touches files or the console; train.py drives these functions and evaluate.py
-reuses eval_step, so training and evaluation measure the same thing.
+Nothing here touches files or the console; core/loops.py drives these functions over the data,
+and evaluation (during training and in apps/evaluate.py) runs eval_step through loops.evaluate,
+so training and evaluation measure the same thing.
 """
 
 from __future__ import annotations

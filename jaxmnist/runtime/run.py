@@ -99,7 +99,7 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
                     traced.append(loss)  # a trace waits for the steps to run, not only to be dispatched
                 step += end - start
                 progress.advance(min(end * config.batch_size, num_train) - min(start * config.batch_size, num_train))
-                if (end - 1) % config.log_every == 0:  # a log point: the only host sync within an epoch
+                if (end - 1) % config.log_every == 0:  # the chunk ends just after a log point: read its loss
                     _log_train_loss(float(loss), epoch, end - 1, step, config, num_train, num_steps, metrics, saver)
             progress.close()
 
@@ -107,7 +107,8 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
             metrics.write(record)
             records.append(record)
             log.info(epoch_line(record))
-            totals, clock = parallel.replicate(TrainTotals.zeros(), mesh), EpochClock(0.0)  # the next epoch's, saved with it
+            # The checkpoint holds what a resume starts the next epoch with: its totals are zero.
+            totals, clock = parallel.replicate(TrainTotals.zeros(), mesh), EpochClock(0.0)
             saver.save(step, state, totals, record)
             if record["test_accuracy"] > best_accuracy:
                 best_accuracy = record["test_accuracy"]
