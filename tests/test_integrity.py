@@ -176,6 +176,19 @@ def test_a_changed_model_is_named_and_the_old_run_left_byte_identical(workdir, i
     assert _files(workdir) == before and not (workdir / "damaged-checkpoints").exists()
 
 
+def test_a_model_changed_without_changing_any_shape_is_named_too(workdir, idx_dir, monkeypatch, capsys):
+    """relu -> sigmoid keeps every parameter's shape: resume and evaluate still refuse the old run's
+    checkpoints in one sentence, and the run is left byte-identical."""
+    monkeypatch.setattr("jaxmnist.core.models.lab.relu", jax.nn.sigmoid)
+    before = _files(workdir)
+    assert _train(idx_dir, workdir, "--epochs", "3") == 1
+    line = _one_error_line(capsys)
+    assert "belongs to another model (every parameter has the shape it had" in line and "--restart" in line
+    assert evaluate.main(["--workdir", str(workdir), "--idx-dir", str(idx_dir)]) == 1
+    assert "belongs to another model (every parameter has the shape it had" in _one_error_line(capsys)
+    assert _files(workdir) == before
+
+
 def test_epochs_below_the_checkpoint_are_refused(workdir, idx_dir, capsys):
     before = _files(workdir)
     assert _train(idx_dir, workdir, "--epochs", "1") == 1

@@ -17,9 +17,9 @@ import numpy as np
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.core.augment import normalize
 from jaxmnist.core.loops import evaluate, stack_batches
-from jaxmnist.core.models import build_model
+from jaxmnist.core.models import build_model, computation_digest
 from jaxmnist.runtime import data
-from jaxmnist.runtime.checkpoint import CheckpointError, Checkpoints, OtherModel
+from jaxmnist.runtime.checkpoint import CheckpointError, Checkpoints, OtherModel, check_same_computation
 from jaxmnist.runtime.reporting import log, run_command, setup_console
 from jaxmnist.runtime.workdir import WorkdirError, check_path_argument, replace_file
 
@@ -60,12 +60,14 @@ def restore_model(workdir: str | Path, step: str = "best") -> RestoredModel:
         raise CheckpointError(f"--workdir {workdir} does not exist.")
     checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
     number = resolve_step(checkpoints, step)
-    model = build_model(checkpoints.meta(number)["config"])  # the model its run recorded, as this code builds it
+    meta = checkpoints.meta(number)
+    model = build_model(meta["config"])  # the model its run recorded, as this code builds it
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1))))
     # Onto this process's first device, whatever mesh the checkpoint was written from.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), expected)
     try:
+        check_same_computation(meta, computation_digest(model), f"Checkpoint step {number} in {checkpoints.directory}")
         variables, meta = checkpoints.restore_variables(number, target)
     except OtherModel as error:
         raise OtherModel(f"{error}: this code's model is not the one that trained it; use the code that did.") from None

@@ -134,6 +134,16 @@ def model_difference(saved_shapes: dict[str, tuple], params) -> str | None:
     return None
 
 
+def check_same_computation(meta: dict[str, Any], digest: str, checkpoint: str) -> None:
+    """Raise OtherModel when the checkpoint's run recorded another computation digest for its
+    model (core.models.computation_digest) under this JAX version: a model edited without changing
+    any parameter's shape. Digests of other JAX versions, or none (older runs), are not compared."""
+    saved = meta.get("model_digest")
+    if saved and saved != digest and meta.get("arithmetic", {}).get("jax") == jax.__version__:
+        raise OtherModel(f"{checkpoint} belongs to another model (every parameter has the shape it had, but the "
+                         "model computes something else: another activation, order of layers or operation)")
+
+
 class Checkpoints:
     """The checkpoints directory of one workdir."""
 

@@ -15,8 +15,16 @@ import jax
 
 from jaxmnist.config import Config
 from jaxmnist.core.loops import TrainTotals
+from jaxmnist.core.models import build_model, computation_digest
 from jaxmnist.runtime import data, parallel
-from jaxmnist.runtime.checkpoint import CheckpointError, Checkpoints, DamagedCheckpoint, OtherModel, UnreadableCheckpoint
+from jaxmnist.runtime.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    DamagedCheckpoint,
+    OtherModel,
+    UnreadableCheckpoint,
+    check_same_computation,
+)
 from jaxmnist.runtime.reporting import log
 from jaxmnist.runtime.workdir import WorkdirError, check_resumable
 
@@ -33,11 +41,13 @@ def resume(checkpoints: Checkpoints, config: Config, source: data.Source, num_de
     another model are refused: they are not damage.
     """
     template = totals._asdict() | {"step": state.step}
+    digest = computation_digest(build_model(config))
     unreadable: list[tuple[int, CheckpointError]] = []
     for step in reversed(checkpoints.steps()):
         try:
             meta = checkpoints.meta(step)
             _check_same_run(meta, config, source, num_devices)
+            check_same_computation(meta, digest, f"Checkpoint step {step} in {checkpoints.directory}")
             state, progress, _ = checkpoints.restore(step, state, template)
         except OtherModel as error:
             raise OtherModel(f"{error}: the code's model has changed since this run; use --restart to train the new "
@@ -69,10 +79,10 @@ def _set_aside(checkpoints: Checkpoints, step: int, why: str) -> None:
 
 def run_identity(config: Config, source: data.Source, num_devices: int) -> dict[str, Any]:
     """What each checkpoint and config.json record about the run beyond its flags: the data, the
-    device count, the folder its relative paths are relative to, and the arithmetic (64-bit mode
-    and the versions that compute the numbers)."""
+    device count, the folder its relative paths are relative to, the arithmetic (64-bit mode
+    and the versions that compute the numbers), and what its model computes."""
     return {"config": config.to_dict(), "data": source._asdict(), "devices": num_devices, "cwd": os.getcwd(),
-            "arithmetic": arithmetic()}
+            "arithmetic": arithmetic(), "model_digest": computation_digest(build_model(config))}
 
 
 def arithmetic() -> dict[str, Any]:

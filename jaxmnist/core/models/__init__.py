@@ -8,11 +8,15 @@ predict, export, serve) works for any model registered here.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from jaxmnist.core.models.lab import CNN
+from jaxmnist.core.models.layers import textbook_forms
 from jaxmnist.core.models.resnet import ResNet
 
 # name -> a function of the run's recipe (its config, or the dict recorded with a checkpoint).
@@ -26,3 +30,16 @@ def build_model(recipe: Any) -> nn.Module:
     """The model a recipe names: a Config, or the config dict a run recorded (older runs: the lab's)."""
     recipe = recipe if isinstance(recipe, dict) else recipe.to_dict()
     return MODELS[recipe.get("model", "lab")]({"dropout": 0.0} | recipe)
+
+
+def computation_digest(model: nn.Module) -> str:
+    """16 hex digits naming what model computes: its operations and their shapes, traced in the
+    layers' textbook forms (so every backend agrees) on one abstract image; not its parameters'
+    values. A model edited to another activation or another order of layers, with every
+    parameter's shape unchanged, gets another digest. JAX versions may print the same model
+    differently, so compare digests made by one JAX version only."""
+    image = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+    with textbook_forms():
+        variables = jax.eval_shape(model.init, jax.random.key(0), image)
+        program = jax.make_jaxpr(lambda variables, images: model.apply(variables, images))(variables, image)
+    return hashlib.sha256(str(program).encode()).hexdigest()[:16]
