@@ -176,6 +176,16 @@ def test_a_changed_model_is_named_and_the_old_run_left_byte_identical(workdir, i
     assert _files(workdir) == before and not (workdir / "damaged-checkpoints").exists()
 
 
+def test_a_metrics_file_cut_short_is_named_and_training_goes_on(workdir, idx_dir, capsys):
+    path = workdir / "metrics.jsonl"
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines()
+                            if json.loads(line)["epoch"] != 1))  # epoch 1's records lost, epoch 2's kept
+    assert _train(idx_dir, workdir, "--epochs", "3") == 0
+    err = capsys.readouterr().err
+    assert f"{path} has no record of epoch 1, which the checkpoints show were trained" in err
+    assert [r["epoch"] for r in MetricsLog(path).records("epoch")] == [2, 3]
+
+
 def test_a_model_changed_without_changing_any_shape_is_named_too(workdir, idx_dir, monkeypatch, capsys):
     """relu -> sigmoid keeps every parameter's shape: resume and evaluate still refuse the old run's
     checkpoints in one sentence, and the run is left byte-identical."""

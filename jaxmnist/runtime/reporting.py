@@ -116,6 +116,18 @@ class MetricsLog:
         if self.dashboard is not None:
             self.dashboard.rebuild(kept)
 
+    def warn_of_missing_epochs(self, last_epoch: int) -> None:
+        """One line if epochs 1..last_epoch (all trained) lack their record: the file was cut short
+        or edited, so curves and TensorBoard would miss them without a word. Training is unaffected."""
+        if not self.enabled:
+            return
+        recorded = {record["epoch"] for record in self.records("epoch")}
+        missing = [epoch for epoch in range(1, last_epoch + 1) if epoch not in recorded]
+        if missing:
+            which = f"epoch {missing[0]}" if len(missing) == 1 else f"{len(missing)} epochs ({missing[0]} to {missing[-1]})"
+            log.warning("%s has no record of %s, which the checkpoints show were trained: it was cut short or edited. "
+                        "Training goes on; the curves will lack them.", self.path, which)
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return

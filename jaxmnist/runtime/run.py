@@ -87,6 +87,7 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
 
         # An epoch whose last step is saved but not yet evaluated is finished first.
         first_epoch = step // num_steps + 1 if evaluated else math.ceil(step / num_steps)
+        metrics.warn_of_missing_epochs(first_epoch - 1)
         for epoch in range(first_epoch, config.epochs + 1):
             order = parallel.replicate(epoch_order(jax.random.fold_in(keys.shuffle, epoch), num_train, config.batch_size),
                                        mesh)
