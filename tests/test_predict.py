@@ -146,6 +146,24 @@ def test_onnx_export_agrees_with_jax(trained, tmp_path):
     assert session.run(None, {"images": np.zeros((3, 28, 28), np.uint8)})[0].shape == (3, 10)
 
 
+def test_a_resnet_run_predicts_and_exports_with_its_batchnorm_statistics(tmp_path):
+    """Every model, not only the lab's: the resnet's running statistics reach predict, jax.export and ONNX."""
+    pytest.importorskip("jax2onnx")
+    from conftest import make_mnist
+
+    from jaxmnist.apps.evaluate import load_model
+    from jaxmnist.apps.export import export_model
+    from jaxmnist.runtime.run import train_and_evaluate
+
+    workdir, dataset = tmp_path / "resnet", make_mnist(200, 30)
+    train_and_evaluate(Config(model="resnet", workdir=str(workdir), epochs=1, batch_size=16, eval_batch_size=10,
+                              allow_small_data=True, cache_dir=""), dataset)
+    probabilities = load_model(workdir)(dataset.test_images)
+    assert probabilities.shape == (30, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    record = export_model(workdir, tmp_path / "exported", onnx=True)
+    assert record["onnx"]["max_abs_difference_vs_jax"] < 1e-5
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares width x height grey pixels and holds none: only a check of the header
     can answer it correctly, decoding would fail."""

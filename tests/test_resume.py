@@ -15,6 +15,7 @@ import pytest
 from conftest import COMPILE_CACHE, make_mnist, write_idx
 from conftest import run_results as _results
 
+from jaxmnist.apps.evaluate import restore_model
 from jaxmnist.runtime.checkpoint import Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,6 +165,23 @@ def test_the_improved_recipe_resumes_exactly_too(idx_dir, tmp_path):
     result = _run(_command(idx_dir, killed, *recipe))
     assert result.returncode == 0 and "Resuming from epoch 2" in result.stdout, result.stderr
     _assert_same(killed, _results(straight))
+
+
+def test_the_resnet_resumes_exactly_after_a_sigkill_mid_epoch(idx_dir, tmp_path):
+    # BatchNorm's running statistics are part of the state: a resume that lost them would differ.
+    recipe = ("--model", "resnet", "--epochs", "2")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert _run(_command(idx_dir, straight, *recipe)).returncode == 0
+    process = _start(_command(idx_dir, killed, *recipe))
+    _wait_for_lines(process, 5)  # mid-epoch 2, saved at the last log point
+    process.kill()
+    process.wait()
+    result = _run(_command(idx_dir, killed, *recipe))
+    assert result.returncode == 0 and "Resuming from epoch 2" in result.stdout, result.stderr
+    _assert_same(killed, _results(straight))
+    statistics = [restore_model(w, "latest").variables["batch_stats"] for w in (straight, killed)]
+    for got, expected in zip(*map(jax.tree.leaves, statistics)):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_a_different_configuration_is_refused_and_restart_starts_over(idx_dir, tmp_path):
