@@ -6,7 +6,8 @@
         --repeats 3 --out bench.json     # whole runs, start to exit, side by side
 
 Prints and writes as JSON: the device, compile seconds, median training seconds per epoch,
-images per second, evaluation seconds, test accuracy and peak memory. The in-process run uses
+images per second, the training step's floating-point operations per image (XLA's cost analysis)
+and the FLOP/s that speed achieves, evaluation seconds, test accuracy and peak memory. The in-process run uses
 the persistent compilation cache as training does (--cache-dir; '' for a cold start). With --torch-python it
 also times complete runs of `python -m jaxmnist.train` and of the lab's script (reference/lab_pytorch.py),
 alternating, on the same data, and reports the ratios. A script, not a test: wall times drift with
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 from child_runs import (  # scripts/, on sys.path when run as a script
     ROOT,
     run_or_exit,
@@ -35,12 +37,25 @@ from child_runs import (  # scripts/, on sys.path when run as a script
 
 from jaxmnist.config import Config, parse_config
 from jaxmnist.core.loops import evaluate, stack_batches
+from jaxmnist.core.steps import Batch, StepOptions, create_train_state, train_step
 from jaxmnist.runtime import data, parallel
 from jaxmnist.runtime.reporting import quiet_libraries
 from jaxmnist.runtime.parallel import configure_jax
 from jaxmnist.runtime.run import train_and_evaluate
 
 TORCH_SCRIPT = ROOT / "reference" / "lab_pytorch.py"
+
+
+def train_step_flops(config: Config) -> float:
+    """Floating-point operations of one training step on one batch (forward, backward, Adam), from
+    XLA's cost analysis of the compiled step: the work the machine must do, whatever the speed."""
+    state = create_train_state(config, jax.random.key(0), steps_in_epoch=1)
+    batch = Batch(np.zeros((config.batch_size, 28, 28), np.uint8), np.zeros(config.batch_size, np.int32),
+                  np.ones(config.batch_size, np.float32))
+    step = jax.jit(train_step, static_argnums=3).lower(state, batch, jax.random.key(0), StepOptions.from_config(config))
+    analysis = step.compile().cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis  # older JAX: one dict per program
+    return float(analysis["flops"])
 
 
 def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
@@ -62,6 +77,8 @@ def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
         eval_seconds.append(time.perf_counter() - t)
     device = jax.devices()[0]
     memory = device.memory_stats() if hasattr(device, "memory_stats") else None
+    flops_per_image = train_step_flops(config) / config.batch_size
+    images_per_second = len(dataset.train_images) / statistics.median(steady)
     return {
         "device": parallel.describe(parallel.make_mesh(config.devices)),
         "jax": jax.__version__, "recipe": config.recipe, "precision": config.precision, "loop": config.loop,
@@ -71,7 +88,9 @@ def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
         "compile_seconds_estimate": round(train_seconds[0] - statistics.median(steady), 3),
         "train_seconds_after_compile": round(sum(train_seconds) - (train_seconds[0] - statistics.median(steady)), 3),
         "median_train_seconds_per_epoch": round(statistics.median(steady), 3),
-        "images_per_second": round(len(dataset.train_images) / statistics.median(steady), 1),
+        "images_per_second": round(images_per_second, 1),
+        "train_mflops_per_image": round(flops_per_image / 1e6, 2),  # XLA's count: forward, backward, Adam's share
+        "achieved_gflops_per_second": round(flops_per_image * images_per_second / 1e9, 2),
         "eval_seconds_median": round(statistics.median(eval_seconds), 4),
         "test_accuracy_per_epoch": [r["test_accuracy"] for r in records],
         "in_process_total_seconds": round(total, 3),

@@ -81,6 +81,7 @@ for name in ("lab", "lab-warm-cache", "lab-tf32", "lab-nondeterministic", "impro
         lines.append(f"{name:22s} FAILED: {r['failed']}")
         continue
     lines.append(f"{name:22s} train after compile {r['train_seconds_after_compile']:7.2f} s, {r['images_per_second']:>10,.0f} images/s, "
+                 f"{r['achieved_gflops_per_second']:,.1f} GFLOP/s ({r['train_mflops_per_image']:.1f} MFLOP an image), "
                  f"compile ~{r['compile_seconds_estimate']:.1f} s, eval {1000 * r['eval_seconds_median']:.1f} ms, "
                  f"final accuracy {r['test_accuracy_per_epoch'][-1]:.2f}%")
 torch = runs.get("torch")
