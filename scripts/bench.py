@@ -8,7 +8,8 @@
 Prints and writes as JSON: the device, compile seconds, median training seconds per epoch,
 images per second, the training step's floating-point operations per image (XLA's cost analysis)
 and the FLOP/s that speed achieves, evaluation seconds, test accuracy and peak memory. The in-process run uses
-the persistent compilation cache as training does (--cache-dir; '' for a cold start). With --torch-python it
+the persistent compilation cache as training does (--cache-dir; '' for a cold start). --startup
+times whole processes from their start to the first step, with a cold and then a warm cache. With --torch-python it
 also times complete runs of `python -m jaxmnist.train` and of the lab's script (reference/lab_pytorch.py),
 alternating, on the same data, and reports the ratios. A script, not a test: wall times drift with
 the machine's load, so compare only ratios taken in one run.
@@ -19,9 +20,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import resource
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,6 +103,37 @@ def measure_in_process(config: Config, dataset: data.MNIST) -> dict:
     }
 
 
+def time_to_first_step(source: list[str], cache_dir: Path, workdir: Path) -> dict:
+    """Seconds from starting `python -m jaxmnist.train` to its device line (imports, data, the
+    backend) and to its first training line, printed once the first step has run (so: plus
+    initialisation and compilation), with the compilation cache in cache_dir. The run is then
+    stopped; nothing else is timed."""
+    command = train_command(*source, "--workdir", str(workdir), "--cache-dir", str(cache_dir), "--no-progress")
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seconds = {}
+    for line in process.stdout:
+        if line.startswith("Using device"):
+            seconds["to_device_line"] = round(time.perf_counter() - start, 2)
+        if line.startswith("Train Epoch"):
+            seconds["to_first_step"] = round(time.perf_counter() - start, 2)
+            break
+    process.send_signal(signal.SIGINT)  # a stop as Ctrl-C: saves and exits
+    process.wait(timeout=120)
+    return seconds
+
+
+def measure_startup(args) -> dict:
+    """time_to_first_step with an empty compilation cache (cold), then with the one it filled (warm)."""
+    source = ["--data-dir", args.data_dir] if args.data_dir else ["--idx-dir", args.idx_dir]
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        cold = time_to_first_step(source, cache, Path(tmp) / "cold")
+        warm = time_to_first_step(source, cache, Path(tmp) / "warm")
+    return {"startup_cold": cold, "startup_warm": warm}
+
+
 def _timed(command: list[str], what: str) -> tuple[float, str]:
     start = time.perf_counter()
     result = run_or_exit(command, what)
@@ -148,6 +183,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="train on the first N training images only (a quick dry run)")
     parser.add_argument("--torch-python", help="a Python with torch + torchvision: also time the lab's script")
     parser.add_argument("--repeats", type=int, default=1, help="whole-run pairs with --torch-python")
+    parser.add_argument("--startup", action="store_true", help="also time process start to the first step, cold and "
+                        "warm compilation cache")
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args()
     if args.torch_python and not args.idx_dir:
@@ -169,6 +206,9 @@ def main() -> None:
             dataset = dataset._replace(train_images=dataset.train_images[:args.limit], train_labels=dataset.train_labels[:args.limit])
         result = measure_in_process(config, dataset)
         print(json.dumps(result, indent=1), flush=True)
+        if args.startup:
+            result |= measure_startup(args)
+            print(json.dumps({k: result[k] for k in ("startup_cold", "startup_warm")}), flush=True)
         if args.torch_python:
             result |= compare_with_torch(args, workdir)
         shutil.rmtree(workdir, ignore_errors=True)
