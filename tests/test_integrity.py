@@ -199,6 +199,18 @@ def test_a_model_changed_without_changing_any_shape_is_named_too(workdir, idx_di
     assert _files(workdir) == before
 
 
+def test_a_path_the_locale_cannot_decode_is_refused_before_anything_is_written(idx_dir, tmp_path):
+    """Under LC_ALL=C without UTF-8 mode Python keeps a non-ASCII name as surrogates, which Orbax
+    cannot write: a run that went ahead would train an epoch and then fail to save it."""
+    workdir = tmp_path / "r\u00fcn"
+    result = subprocess.run([sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", str(workdir),
+                             "--allow-small-data", "--cache-dir", ""], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C"}, cwd=Path(__file__).parents[1])
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "cannot be used under this locale" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_epochs_below_the_checkpoint_are_refused(workdir, idx_dir, capsys):
     before = _files(workdir)
     assert _train(idx_dir, workdir, "--epochs", "1") == 1

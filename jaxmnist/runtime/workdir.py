@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -64,13 +65,22 @@ def check_workdir(workdir: str) -> Path:
 
 def check_path_argument(flag: str, value: str | None, required: bool = False) -> None:
     """Refuse in one sentence a path the system cannot even look up (a name too long for the file
-    system, a loop of links, a folder not searchable); later it would end in a traceback. A path
+    system, a loop of links, a folder not searchable, a name the locale cannot decode); later it
+    would end in a traceback, or worse, midway through a run. A path
     that does not exist passes: each command says what it needs there. An empty one is refused
     when required, and otherwise means the flag is unset."""
     if value is None or not str(value).strip():
         if required:
             raise WorkdirError(f"{flag} {EMPTY_PATH}.")
         return
+    value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # bytes this locale cannot decode, kept as surrogates by Python
+        readable = os.fsencode(value).decode("utf-8", errors="replace")
+        raise WorkdirError(f"{flag} {readable} cannot be used under this locale ({sys.getfilesystemencoding()}): "
+                           "Orbax cannot write the name; run with a UTF-8 locale (LC_ALL=C.UTF-8, or PYTHONUTF8=1), "
+                           "or choose an ASCII path.") from None
     try:
         os.stat(value)
     except (FileNotFoundError, NotADirectoryError):
