@@ -78,7 +78,10 @@ def _row(entry, variables) -> Layer:
     path = module.scope.path  # ("block1", "Conv_0")
     own = lambda collection: sum(  # noqa: E731 - the module's own arrays, not its children's
         math.prod(leaf.shape) for leaf in _subtree(variables.get(collection, {}), path).values() if hasattr(leaf, "shape"))
-    return Layer(f"{'/'.join(path)} ({type(module).__name__})", len(path) - 1, tuple(output.shape[1:]),
+    kind = type(module).__name__
+    if kind == "Dropout":  # its rate is the recipe's: 0 means it passes the input through
+        kind = f"Dropout {module.rate:g}" if module.rate else "Dropout 0: off"
+    return Layer(f"{'/'.join(path)} ({kind})", len(path) - 1, tuple(output.shape[1:]),
                  own("params"), own("batch_stats"), _multiply_adds(module, entry["input"], output.shape))
 
 

@@ -73,6 +73,12 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     return _note(f"max_pool {window}x{window}", pooled)
 
 
+def global_average_pool(x: jax.Array) -> jax.Array:
+    """The mean of each channel over the whole image, [B, H, W, C] -> [B, C] (PyTorch's
+    AdaptiveAvgPool2d(1) and a flatten)."""
+    return _note("global average pool", x.mean(axis=(1, 2)))
+
+
 @contextlib.contextmanager
 def textbook_forms() -> Iterator[None]:
     """Trace models with lax's own convolution everywhere (for exporters that know no custom rules)."""

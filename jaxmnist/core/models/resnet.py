@@ -18,7 +18,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
-from jaxmnist.core.models.layers import Conv, max_pool, relu
+from jaxmnist.core.models.layers import Conv, global_average_pool, max_pool, relu
 
 
 class ResBlock(nn.Module):
@@ -53,6 +53,6 @@ class ResNet(nn.Module):
             if stage:
                 x = max_pool(x)  # [B, 14, 14, 16], then [B, 7, 7, 32]
             x = ResBlock(features, name=f"block{stage + 1}")(x, train)
-        x = x.mean(axis=(1, 2))  # global average pool: [B, 64]
+        x = global_average_pool(x)  # [B, 64]
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, name="fc")(x)  # [B, 10]
