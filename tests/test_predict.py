@@ -293,3 +293,21 @@ def test_a_closed_standard_input_is_one_sentence(monkeypatch):
     monkeypatch.setattr("sys.stdin", None)  # as Python sets it when started with standard input closed
     with pytest.raises(BadPicture, match="standard input is closed"):
         read_digit("-")
+
+
+def test_a_reading_below_half_a_chance_says_it_is_unsure(tmp_path, monkeypatch, capsys):
+    """A model that spreads its belief (an odd photo) must not be read as sure: the line and the
+    JSON say so; a confident reading says nothing more."""
+    def fake_load_model(workdir, step):
+        def predict(images):
+            unsure = images.mean() > 0  # the first picture has ink, the second none
+            return np.array([[0.05, 0.4, 0.35] + [0.2 / 7] * 7]) if unsure else np.array([[0.02, 0.9] + [0.08 / 8] * 8])
+        return predict
+    monkeypatch.setattr("jaxmnist.apps.evaluate.load_model", fake_load_model)
+    monkeypatch.setattr(predict, "read_digit", lambda path: np.full((28, 28), 255 if path == "odd.png" else 0, np.uint8))
+    assert predict.main(["--workdir", str(tmp_path), "odd.png", "clear.png"]) == 0
+    odd, clear = capsys.readouterr().out.splitlines()
+    assert odd.startswith("odd.png: 1  (1: 40.0%, 2: 35.0%") and "unsure" in odd
+    assert clear.startswith("clear.png: 1  (1: 90.0%") and "unsure" not in clear
+    assert predict.main(["--workdir", str(tmp_path), "--json", "odd.png", "clear.png"]) == 0
+    assert [json.loads(line)["unsure"] for line in capsys.readouterr().out.splitlines()] == [True, False]

@@ -27,6 +27,11 @@ from jaxmnist.config import checkpoint_parser
 from jaxmnist.runtime.reporting import log, run_command, setup_console
 
 
+# Below this probability for its best digit the model is guessing more than reading: say so, since
+# a photo unlike MNIST's digits (uneven light, a thick pen, two digits) is read wrong with no word.
+UNSURE_BELOW = 0.5
+
+
 def top_three(probabilities: np.ndarray) -> list[tuple[int, float]]:
     """The three most likely digits and their probabilities, most likely first."""
     order = np.argsort(-probabilities, kind="stable")[:3]
@@ -67,9 +72,11 @@ def _predict_each(args) -> int:
             continue
         likely = top_three(predict(digit[None])[0])
         if args.json:
-            print(json.dumps({"file": path, "digit": likely[0][0],
+            print(json.dumps({"file": path, "digit": likely[0][0], "unsure": likely[0][1] < UNSURE_BELOW,
                               "top3": [{"digit": d, "probability": round(p, 6)} for d, p in likely]}), flush=True)
         else:
             alternatives = ", ".join(f"{d}: {100 * p:.1f}%" for d, p in likely)
-            log.info("%s: %d  (%s)", path, likely[0][0], alternatives)
+            unsure = ("  unsure: the picture may not look like MNIST's digits (one dark digit on even, light paper "
+                      "reads best)" if likely[0][1] < UNSURE_BELOW else "")
+            log.info("%s: %d  (%s)%s", path, likely[0][0], alternatives, unsure)
     return 1 if failed else 0
