@@ -17,7 +17,7 @@ from conftest import make_mnist, write_idx
 from jaxmnist.apps import train
 from jaxmnist.runtime.checkpoint import Checkpoints
 from jaxmnist.runtime.data import MNIST
-from jaxmnist.runtime.workdir import LOCK_FILE
+from jaxmnist.runtime.workdir import LOCK_FILE, WorkdirError, check_workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--batch-size", "16", "--log-every", "5", "--eval-batch-size", "16", "--allow-small-data", "--cache-dir", ""]
@@ -275,3 +275,10 @@ def test_binary_junk_at_the_end_of_the_metrics_is_a_torn_line(finished_run, idx_
     with (finished_run / "metrics.jsonl").open("ab") as file:
         file.write(b"\xff\xfe\x00junk")
     assert train.main(["--idx-dir", str(idx_dir), "--workdir", str(finished_run), "--epochs", "2", *SMALL]) == 0
+
+
+def test_a_dangling_link_as_workdir_is_named_as_such(tmp_path, capsys):
+    (tmp_path / "run").symlink_to(tmp_path / "gone")
+    with pytest.raises(WorkdirError, match=r"is a symbolic link to .*gone, which does not exist; create that folder"):
+        check_workdir(str(tmp_path / "run"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -42,6 +42,9 @@ def check_workdir(workdir: str) -> Path:
     Writes nothing: it is called before the data is loaded, so a refused run changes no file.
     """
     path = Path(workdir).absolute()
+    if path.is_symlink() and not path.exists():
+        raise WorkdirError(f"--workdir {workdir} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                           "create that folder, or give another --workdir.")
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"--workdir {workdir} is a file, not a directory.")
     if path.is_dir():
