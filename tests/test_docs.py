@@ -30,3 +30,18 @@ def test_every_relative_link_resolves(page):
         assert linked.exists(), f"{page.name} links to {target}, which does not exist"
         if anchor:
             assert anchor in anchors(linked), f"{page.name} links to {target}, a heading that does not exist"
+
+
+IMPORT = re.compile(r"^\s*(from jaxmnist[\w.]* import [\w, ]+|import jaxmnist[\w.]*)\s*$", flags=re.MULTILINE)
+SOURCE_PATH = re.compile(r"\bjaxmnist/[\w/]+\.py\b")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_import_and_source_file_a_page_shows_exists(page):
+    """A reader copies `from jaxmnist... import ...` lines and opens the files a page names: a move
+    of the code must move them too."""
+    text = page.read_text()
+    for statement in IMPORT.findall(text):
+        exec(statement, {})  # noqa: S102 - the page's own import line, nothing else
+    for path in SOURCE_PATH.findall(text):
+        assert (ROOT / path).is_file(), f"{page.name} names {path}, which does not exist"
