@@ -7,7 +7,7 @@
 #
 # Runs `pytest -m gpu`; scripts/bench.py for the lab recipe (cold, then warm compilation cache),
 # with TF32 and without determinism (their effect on speed), and for the improved and resnet
-# presets; and the
+# presets; scripts/seeds_together.py (several seeds in one vmapped program); and the
 # lab's PyTorch script on the same card when torch is installed. Writes every figure to
 # <out>/summary.json and prints a short summary against the targets.
 set -euo pipefail
@@ -30,8 +30,9 @@ trap 'rm -rf "$cache"' EXIT
 if [ "$mode" = cpu ]; then
   export JAX_PLATFORMS=cpu
   quick=(--limit 2000) lab_epochs=(--epochs 1) improved_epochs=(--epochs 2) torch_epochs=1
+  seeds=(--limit 2000 --steps 10 --seeds 0 1)
 else
-  quick=() lab_epochs=() improved_epochs=() torch_epochs=5
+  quick=() lab_epochs=() improved_epochs=() torch_epochs=5 seeds=(--seeds 0 1 2 3)
 fi
 bench() {  # bench NAME FLAGS...: one in-process measurement into <out>/NAME.json, or why it failed
   local name=$1; shift
@@ -51,6 +52,10 @@ bench lab-tf32 "${lab_epochs[@]}" --precision tf32
 bench lab-nondeterministic "${lab_epochs[@]}" --no-deterministic
 bench improved --recipe improved "${improved_epochs[@]}"
 bench resnet --recipe resnet "${improved_epochs[@]}"
+echo "== seeds together (jax.vmap)"
+if ! timeout 300 python scripts/seeds_together.py --idx-dir "$idx" --out "$out/seeds.json" "${seeds[@]}" > "$out/seeds.log" 2>&1; then
+  python -c 'import json, sys; print(json.dumps({"failed": sys.argv[1]}))' "$(tail -n 1 "$out/seeds.log")" > "$out/seeds.json"
+fi
 
 if python -c "import torch, torchvision" 2>/dev/null && [ -f "$torch_script" ]; then
   echo "== the lab's PyTorch script"
@@ -84,6 +89,10 @@ for name in ("lab", "lab-warm-cache", "lab-tf32", "lab-nondeterministic", "impro
                  f"{r['achieved_gflops_per_second']:,.1f} GFLOP/s ({r['train_mflops_per_image']:.1f} MFLOP an image), "
                  f"compile ~{r['compile_seconds_estimate']:.1f} s, eval {1000 * r['eval_seconds_median']:.1f} ms, "
                  f"final accuracy {r['test_accuracy_per_epoch'][-1]:.2f}%")
+seeds = runs["seeds"]
+lines.append(f"seeds together          FAILED: {seeds['failed']}" if "failed" in seeds else
+             f"{seeds['seeds']} seeds together (vmap): {seeds['together_over_alone_per_model']}x one seed's images/s per model, "
+             f"weights within {seeds['max_weight_difference_seed_0']:.1e} of the seed alone")
 torch = runs.get("torch")
 if torch and "failed" not in runs["lab"]:
     torch_train = sum(e["train_s"] for e in torch["epochs"]) / len(torch["epochs"])

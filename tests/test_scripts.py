@@ -38,10 +38,12 @@ def test_the_gpu_check_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     runs = summary["runs"]
-    assert {"lab", "lab-warm-cache", "lab-tf32", "lab-nondeterministic", "improved", "resnet"} <= set(runs)
+    assert {"lab", "lab-warm-cache", "lab-tf32", "lab-nondeterministic", "improved", "resnet", "seeds"} <= set(runs)
     assert not [name for name, run in runs.items() if "failed" in run], result.stdout  # every step compiled and trained
     assert runs["improved"]["recipe"] == "improved" and runs["lab-tf32"]["precision"] == "tf32"
     assert runs["resnet"]["recipe"] == "resnet"
+    assert runs["seeds"]["seeds"] == 2 and runs["seeds"]["max_weight_difference_seed_0"] < 1e-3  # vmapped = alone
+    assert runs["lab"]["achieved_gflops_per_second"] > 0 and "GFLOP/s" in result.stdout
     for name in ("lab", "lab-nondeterministic", "resnet"):  # trained on the 600 images, not a stub
         assert len(runs[name]["test_accuracy_per_epoch"]) >= 1 and runs[name]["images_per_second"] > 0
     assert "4 skipped" in summary["pytest"] or "4 passed" in summary["pytest"]  # collected; skipped without a GPU

@@ -155,6 +155,17 @@ def run_steps_device(state, totals, data, order, num_steps: int, augment_key, op
     return jax.lax.fori_loop(0, num_steps, body, carry)
 
 
+@functools.partial(jax.jit, static_argnames=("num_steps", "options"), donate_argnames=("states", "totals"))
+def run_steps_of_seeds(states, totals, data: DeviceDataset, orders: EpochOrder, num_steps: int, augment_keys,
+                       options: StepOptions):
+    """run_steps_device for K seeds of one recipe at once, under jax.vmap: every argument but the
+    shared data has a leading axis of K (stack the seeds' states, orders and keys). On a GPU a
+    batch-64 step leaves most of the chip idle, so K models train in about one's time for small K;
+    on the CPU it is slower than K processes (BENCHMARKS.md), so sweeps there run processes."""
+    return jax.vmap(lambda state, total, order, key: run_steps_device(state, total, data, order, num_steps, key, options))(
+        states, totals, orders, augment_keys)
+
+
 def make_runner(loop: str, platform: str, options: StepOptions, batch_sharding=None) -> RunSteps:
     """run_steps(state, totals, data, order, num_steps, augment_key) for --loop: auto picks the
     Python loop on CPU and the compiled loop elsewhere."""
