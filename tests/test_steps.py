@@ -54,9 +54,9 @@ def test_a_few_steps_fit_a_tiny_batch(tiny_mnist):
     step = jax.jit(train_step, static_argnames="options")
     first_loss = None
     for i in range(50):
-        state, loss = step(state, batch, jax.random.key(i), options=StepOptions())
-        first_loss = float(loss) if first_loss is None else first_loss
-    assert first_loss > 1.5 and float(loss) < 0.05
+        state, metrics = step(state, batch, jax.random.key(i), options=StepOptions())
+        first_loss = float(metrics.loss) if first_loss is None else first_loss
+    assert first_loss > 1.5 and float(metrics.loss) < 0.05
 
 
 def _train(tiny_mnist, runner, seed=0):
