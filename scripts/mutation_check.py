@@ -43,7 +43,7 @@ MUTATIONS = [
     Mutation("best-is-latest", "'best' is the latest epoch", "jaxmnist/runtime/checkpoint.py",
              "return max(with_metrics, key=lambda s: rank(self.metrics(s))) if with_metrics else None",
              "return max(with_metrics) if with_metrics else None", ("tests/test_lab_promises.py::test_best_is_the_most_accurate_epoch_not_the_first_or_the_latest",)),
-    Mutation("best-by-step", "the best checkpoint is ranked by step", "jaxmnist/runtime/checkpoint.py",
+    Mutation("best-by-step", "the best checkpoint is ranked by step", "jaxmnist/runtime/ranking.py",
              'return chosen_by(metrics)[1], -metrics["step"]', 'return metrics["step"], 0',
              ("tests/test_lab_promises.py::test_best_is_the_most_accurate_epoch_not_the_first_or_the_latest", "tests/test_lab_promises.py::test_a_tie_keeps_the_earlier_epoch_as_the_lab_does")),
     Mutation("accuracy-fraction", "test accuracy stored as a fraction, not a percentage", "jaxmnist/runtime/run.py",

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a run: the best (see rank) and the latest, side by side.
+"""Orbax checkpoints of a run: the best (by ranking.rank) and the latest, side by side.
 
 The only module that imports orbax. Each checkpoint holds four or five items, so that
 evaluation can restore the model alone:
@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxmnist.errors import UserError
+from jaxmnist.runtime.ranking import rank
 from jaxmnist.runtime.reporting import quiet_libraries
 
 SUPERSEDED = "superseded"  # Orbax's rename target for checkpoints it no longer keeps
@@ -77,21 +78,6 @@ def _abandoned_coroutines_unreported() -> Iterator[None]:
     finally:
         gc.collect()
         sys.unraisablehook = previous
-
-
-def chosen_by(metrics: dict[str, Any]) -> tuple[str, float]:
-    """Which set chooses the best checkpoint, and the accuracy it ranks: the validation set where
-    the run holds one out (--validation), else the test set, as the lab chose."""
-    if "val_accuracy" in metrics:
-        return "validation", metrics["val_accuracy"]
-    return "test", metrics["test_accuracy"]
-
-
-def rank(metrics: dict[str, Any]) -> tuple[float, int]:
-    """The one rule for the best of a run's epochs, given an epoch's metrics (a checkpoint's, or a
-    metrics.jsonl record): the higher accuracy on the set that chooses wins; on a tie the earlier
-    epoch stays best, as the lab's "acc > best"."""
-    return chosen_by(metrics)[1], -metrics["step"]
 
 
 def _reason(error: Exception) -> str:
@@ -210,7 +196,7 @@ class Checkpoints:
         self._manager.reload()
 
     def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None) -> None:
-        """Start an asynchronous save; metrics (an epoch's accuracies, see rank) make it a candidate for best."""
+        """Start an asynchronous save; metrics (an epoch's accuracies, ranking.rank's) make it a candidate for best."""
         # The model's collections (params, and batch_stats where it has them), as TrainState.variables says.
         arrays = {**state.variables(), "opt_state": state.opt_state, "progress": progress}
         meta = meta | {"digests": {item: digests(tree) for item, tree in arrays.items()}}

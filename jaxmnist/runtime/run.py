@@ -25,8 +25,9 @@ from jaxmnist.core.models import build_model
 from jaxmnist.core.steps import EvalTotals, StepOptions, create_train_state, derive_keys, learning_rate_schedule
 from jaxmnist.runtime import data, parallel
 from jaxmnist.runtime import workdir as workdirs
-from jaxmnist.runtime.checkpoint import Checkpoints, chosen_by
+from jaxmnist.runtime.checkpoint import Checkpoints
 from jaxmnist.runtime.dashboard import Dashboard
+from jaxmnist.runtime.ranking import chosen_by
 from jaxmnist.runtime.reporting import MetricsLog, Progress, epoch_line, log, train_line, write_config
 from jaxmnist.runtime.resume import resume, run_identity
 from jaxmnist.runtime.stopping import NOT_STARTED, Interrupted, StopRequest, TrainingStopped, stop_if_asked, stop_on_signals
@@ -138,7 +139,7 @@ class Saver:
         counters = {"step": state.step, **totals._asdict()}
         about = self.identity | {"step": step, "epoch": step // self.num_steps}
         rank = None
-        if record is not None:  # an epoch's end: its accuracies make it a candidate for best (checkpoint.rank)
+        if record is not None:  # an epoch's end: its accuracies make it a candidate for best (ranking.rank)
             about |= {k: record[k] for k in ("test_accuracy", "correct", "test_loss")} | {"record": record}
             rank = {k: record[k] for k in ("test_accuracy", "val_accuracy") if k in record} | {"step": step}
         self.checkpoints.save(step, state, counters, about, rank)
