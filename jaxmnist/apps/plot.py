@@ -75,17 +75,17 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
         x = [e["epoch"] for e in epochs]
         loss_ax.plot(x, [e["train_loss"] for e in epochs], "o-", color=line.get_color(),
                      label=f"{name}: epoch mean" if name else "epoch mean")
-        colour = None  # one colour per run, one line style per set
+        colour = None  # overlaid runs: one colour per run, one line style per set; one run: a colour per set
         for which, loss_key, accuracy_key, style in CURVE_SETS:
             if not any(e.get(accuracy_key) is not None for e in epochs):
                 continue  # no validation set, or records from before training accuracy
             label = f"{name}: {which}" if name else which
-            values = [np.nan if e.get(accuracy_key) is None else e[accuracy_key] for e in epochs]
-            colour = accuracy_ax.plot(x, values, style, color=colour, label=label)[0].get_color()
+            drawn = accuracy_ax.plot(x, [_value(e, accuracy_key) for e in epochs], style, color=colour, label=label)[0]
             if loss_key:
-                test_loss_ax.plot(x, [e[loss_key] for e in epochs], style, color=colour, label=label)
+                test_loss_ax.plot(x, [e[loss_key] for e in epochs], style, color=drawn.get_color(), label=label)
+            colour = drawn.get_color() if name else None
         if epochs:
-            _mark_best(accuracy_ax, epochs, colour)
+            _mark_best(accuracy_ax, epochs, colour or "gold", name)
         lr_ax.step(x, [e["lr"] for e in epochs], "o-", where="mid", label=name)
     loss_ax.set(title="Training loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
     test_loss_ax.set(title="Test and validation loss (unrotated images)", xlabel="epoch", ylabel="cross-entropy")
@@ -102,12 +102,12 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
     plt.close(fig)
 
 
-def _mark_best(ax, epochs: list[dict], colour) -> None:
+def _mark_best(ax, epochs: list[dict], colour, name: str | None) -> None:
     """A star on the best epoch's test accuracy, saying which set chose it (ranking.rank's rule)."""
     best = max(epochs, key=rank)
     chosen_on, _ = chosen_by(best)
     ax.plot(best["epoch"], best["test_accuracy"], "*", ms=14, color=colour, markeredgecolor="black",
-            label=f"best: epoch {best['epoch']}, chosen by {chosen_on} accuracy")
+            label=f"{name + ': ' if name else ''}best: epoch {best['epoch']}, chosen by {chosen_on} accuracy")
 
 
 SWEEP_CURVES = {"test_accuracy": "Test accuracy (%)", "val_accuracy": "Validation accuracy (%)",
@@ -133,7 +133,7 @@ def plot_sweep(root: Path, out: Path) -> None:
     for ax, curve in zip(axes.flat, curves):
         for key, runs in groups.items():
             epochs = min(len(records) for records in runs)
-            values = np.array([[r.get(curve, np.nan) for r in records[:epochs]] for records in runs])  # [seeds, epochs]
+            values = np.array([[_value(r, curve) for r in records[:epochs]] for records in runs])  # [seeds, epochs]
             x, mean = np.arange(1, epochs + 1), values.mean(axis=0)
             std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(epochs)  # the table's sample std
             line = ax.errorbar(x, mean, yerr=std, fmt="o-", capsize=3, label=f"{names[key]} ({len(runs)} seeds)")[0]
@@ -146,6 +146,11 @@ def plot_sweep(root: Path, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "sweep.png", dpi=90)
     plt.close(fig)
+
+
+def _value(record: dict, key: str) -> float:
+    """A record's figure, NaN where it has none (no validation set) or it is not known (null)."""
+    return np.nan if record.get(key) is None else record[key]
 
 
 def plot_structure(config: Config, out: Path) -> None:
