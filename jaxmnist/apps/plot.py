@@ -41,6 +41,7 @@ from jaxmnist.errors import UserError  # noqa: E402
 from jaxmnist.runtime import data  # noqa: E402
 from jaxmnist.runtime.checkpoint import Checkpoints  # noqa: E402
 from jaxmnist.runtime.ranking import chosen_by, rank  # noqa: E402
+from jaxmnist.runtime.run import split_validation  # noqa: E402
 from jaxmnist.runtime.reporting import MetricsLog, quiet_libraries  # noqa: E402
 from jaxmnist.runtime.workdir import check_path_argument, is_run  # noqa: E402
 
@@ -186,12 +187,13 @@ def plot_structure(config: Config, out: Path) -> None:
 def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16) -> None:
     """The first images of epoch 1's first batch, shuffled and rotated exactly as training saw them."""
     keys = derive_keys(config.seed)
-    order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(dataset.train_images), config.batch_size)
+    (train_images, train_labels), _ = split_validation(dataset, config.validation)  # the images trained on
+    order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(train_images), config.batch_size)
     ids = np.asarray(order.indices[0])
     augment_key, _ = split_step_key(jax.random.fold_in(keys.augment, 0))  # step 0's, as the train step splits it
-    images = random_transform(augment_key, dataset.train_images[ids], config.rotation, config.translate)
+    images = random_transform(augment_key, train_images[ids], config.rotation, config.translate)
     fig, axes = plt.subplots(2, count // 2, figsize=(count * 0.75, 4.2))
-    for ax, image, digit in zip(axes.flat, np.asarray(images), dataset.train_labels[ids]):
+    for ax, image, digit in zip(axes.flat, np.asarray(images), train_labels[ids]):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(str(digit))
         ax.axis("off")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import jax
+import numpy as np
 
 from jaxmnist.config import Config
 from jaxmnist.core.loops import DeviceDataset, TrainTotals, chunks, epoch_order, evaluate, make_runner, num_batches, stack_batches
@@ -61,18 +62,16 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None,
 
 def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source, mesh, metrics: MetricsLog,
            stop: StopRequest) -> list[dict[str, Any]]:
-    # --validation holds out the training split's last images, the same whatever the seed; the
-    # data's fingerprint stays the whole split's (the split is the recipe's, not the data's).
-    num_train = len(dataset.train_images) - config.validation
+    (train_images, train_labels), (val_images, val_labels) = split_validation(dataset, config.validation)
+    num_train = len(train_images)
     num_steps = num_batches(num_train, config.batch_size)  # per epoch
     model = build_model(config)
     keys = derive_keys(config.seed)
     state = create_train_state(config, keys.init, num_steps)
     eval_sets = {"test": stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size)}
     if config.validation:
-        eval_sets["validation"] = stack_batches(dataset.train_images[num_train:], dataset.train_labels[num_train:],
-                                                config.eval_batch_size)
-    train_set = DeviceDataset(dataset.train_images[:num_train], dataset.train_labels[:num_train])
+        eval_sets["validation"] = stack_batches(val_images, val_labels, config.eval_batch_size)
+    train_set = DeviceDataset(train_images, train_labels)
     keys, state, totals, train_set, eval_sets = parallel.replicate((keys, state, TrainTotals.zeros(), train_set, eval_sets),
                                                                    mesh)
     batch_sharding = parallel.batch_sharded(mesh)
@@ -122,6 +121,15 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
                 log.info("Best model saved with %saccuracy: %.2f%%", "validation " if chosen_on == "validation" else "",
                          best_accuracy)
     return records
+
+
+def split_validation(dataset: data.MNIST, validation: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) to train on, and (images, labels) held out: --validation N holds out the
+    training split's last N images, the same whatever the seed. The data's fingerprint stays the
+    whole split's: the split is the recipe's, not the data's."""
+    split = len(dataset.train_images) - validation
+    return ((dataset.train_images[:split], dataset.train_labels[:split]),
+            (dataset.train_images[split:], dataset.train_labels[split:]))
 
 
 class Saver:
@@ -271,7 +279,7 @@ def _load_data(config: Config, dataset: data.MNIST | None) -> tuple[data.MNIST, 
     if dataset is None:  # process 0 first: a TFDS download and the decoded cache are written once
         dataset = parallel.main_process_first("data", lambda: data.load(config.data_dir, config.idx_dir, config.cache_dir))
     data.check_sizes(dataset, config.allow_small_data)
-    num_train = len(dataset.train_images) - config.validation
+    num_train = len(split_validation(dataset, config.validation)[0][0])
     if config.validation and num_train < config.batch_size:
         raise data.DataError(f"--validation {config.validation} leaves {max(num_train, 0):,} of the "
                              f"{len(dataset.train_images):,} training images to train on, fewer than one batch "
