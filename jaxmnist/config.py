@@ -51,6 +51,9 @@ class Config:
     model: str = _recipe("lab", "the network (jaxmnist/models): lab (the lab's two-conv CNN) or resnet (a small "
                          "residual network with BatchNorm)", "{lab,resnet}", choices=MODEL_NAMES)
     epochs: int = _recipe(5, "passes over the 60,000 training images", "N")
+    validation: int = _recipe(0, "hold out the last N training images (the same ones whatever the seed) as a validation "
+                              "set, never trained on: each epoch reports it beside the test set, and it chooses the "
+                              "best checkpoint; 0 = none, the test set chooses, as in the lab", "N")
     batch_size: int = _recipe(64, "training images per step; the last, smaller batch of an epoch is kept", "N")
     lr: float = _recipe(1e-3, "Adam's learning rate before any decay", "RATE")
     lr_decay_epochs: int = _recipe(5, "with --schedule step, multiply the learning rate by --lr-decay after every N "
@@ -116,6 +119,7 @@ class Config:
                                          f"got {getattr(self, name)}.")
         checks = (
             ("checkpoint_seconds", self.checkpoint_seconds > 0, "must be positive"),
+            ("validation", self.validation >= 0, "must be 0 (none) or a number of training images to hold out"),
             ("lr", 0 < self.lr < math.inf, "must be a finite positive number"),
             ("lr_decay", 0 < self.lr_decay <= 1, "must be in (0, 1]"),
             ("translate", 0 <= self.translate <= 13, "must be between 0 and 13 pixels"),

@@ -79,7 +79,7 @@ def test_every_epoch_is_in_tensorboard_once_even_after_a_resume(idx_dir, tmp_pat
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     scalars = _events(workdir / "tensorboard")
     epochs = [r for r in records if r["kind"] == "epoch"]
-    for name in ("test_accuracy", "test_loss", "train_loss", "lr", "images_per_second"):
+    for name in ("test_accuracy", "test_loss", "train_accuracy", "train_loss", "lr", "images_per_second"):
         shown = [(step, value) for tag, step, value in scalars if tag == f"epoch/{name}"]
         assert shown == [(r["step"], pytest.approx(r[name], rel=1e-6)) for r in epochs]
     losses = [(step, value) for tag, step, value in scalars if tag == "train/loss"]

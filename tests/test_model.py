@@ -104,8 +104,8 @@ def test_every_model_trains_and_its_gradient_holds_no_scatter(model, tiny_mnist)
         assert not re.search(r"(select-and-)?scatter\(|stablehlo\.(select_and_)?scatter", hlo)
     initial_stats, losses = state.batch_stats, []
     for i in range(25):
-        state, loss = step(state, batch, jax.random.key(i))
-        losses.append(float(loss))
+        state, metrics = step(state, batch, jax.random.key(i))
+        losses.append(float(metrics.loss))
     assert losses[-1] < 0.5 * losses[0]
     moved = jax.tree.map(lambda a, b: not np.allclose(a, b), state.batch_stats, initial_stats)
     assert all(jax.tree.leaves(moved))  # BatchNorm's running statistics follow the batches
@@ -127,8 +127,8 @@ def test_a_third_conv_layer_on_7x7_maps_trains_as_a_student_would_write_it():
     try:
         state = create_train_state(Config(model="three-conv"), jax.random.key(0), steps_in_epoch=4)
         batch = Batch(jnp.zeros((8, 28, 28), jnp.uint8), jnp.arange(8) % 10, jnp.ones(8))
-        state, loss = jax.jit(train_step, static_argnames="options")(state, batch, jax.random.key(1), options=StepOptions())
-        assert np.isfinite(float(loss)) and int(state.step) == 1
+        state, metrics = jax.jit(train_step, static_argnames="options")(state, batch, jax.random.key(1), options=StepOptions())
+        assert np.isfinite(float(metrics.loss)) and int(state.step) == 1
         assert state.params["Conv_2"]["kernel"].shape == (5, 5, 32, 64)
     finally:
         del MODELS["three-conv"]

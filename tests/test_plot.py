@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from conftest import make_mnist, write_idx
 
 from jaxmnist.config import Config
@@ -38,13 +39,14 @@ def test_plot_refuses_a_directory_that_is_not_a_run(tmp_path):
     assert result.stderr.strip() == f"{tmp_path} has no metrics.jsonl: is it a jaxmnist workdir?"
 
 
-def _recorded_run(folder: Path, epochs=2, **recipe) -> Path:
-    """A workdir's records alone, as a finished run leaves them: config.json and metrics.jsonl."""
+def _recorded_run(folder: Path, epochs=2, fields=lambda epoch: {}, **recipe) -> Path:
+    """A workdir's records alone, as a finished run leaves them: config.json and metrics.jsonl;
+    fields(epoch) adds to each epoch's record."""
     folder.mkdir(parents=True)
     config = Config(**recipe).to_dict()
     (folder / "config.json").write_text(json.dumps({"written_by": "jaxmnist", "config": config}))
     records = [{"kind": "epoch", "epoch": e, "step": 4 * e, "lr": config["lr"], "train_loss": 1.0 / e,
-                "test_loss": 1.2 / e, "test_accuracy": 90.0 + e + config["seed"]} for e in range(1, epochs + 1)]
+                "test_loss": 1.2 / e, "test_accuracy": 90.0 + e + config["seed"]} | fields(e) for e in range(1, epochs + 1)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return folder
 
@@ -57,6 +59,34 @@ def test_overlays_name_each_run_by_what_differs_in_its_recipe(tmp_path):
     assert plot.run_labels([a, b]) == ["lr=0.003, seed=1", "lr=0.001, seed=0"]  # not "mnist" twice
     same = _recorded_run(tmp_path / "same", lr=3e-3, dropout=0.3, seed=1)
     assert plot.run_labels([a, same]) == ["mnist", "same"]  # nothing differs: the folders' names
+
+
+def _accuracy_panel(workdir: Path, tmp_path: Path, monkeypatch) -> dict[str, tuple[list, list]]:
+    """curves.png's accuracy panel as drawn: each line's legend label -> its (epochs, values)."""
+    from jaxmnist.apps import plot
+
+    figures = []
+    monkeypatch.setattr(plot.plt, "close", figures.append)  # keep the figure plot_curves draws
+    plot.plot_curves([workdir], tmp_path)
+    accuracy_ax = figures[0].axes[2]
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in accuracy_ax.get_lines()
+            if not line.get_label().startswith(("_", "the lab"))}
+
+
+def test_curves_show_training_test_and_validation_accuracy_and_which_set_chose_the_best(tmp_path, monkeypatch):
+    # Test accuracy rises to epoch 3 (91, 92, 93); validation peaks at epoch 2; epoch 2's training
+    # accuracy is unknown (null: resumed from a checkpoint older than the counter).
+    val, train = {1: 95.0, 2: 97.0, 3: 96.0}, {1: 80.0, 2: None, 3: 90.0}
+    workdir = _recorded_run(tmp_path / "val", epochs=3, validation=40,
+                            fields=lambda e: {"val_accuracy": val[e], "val_loss": 0.1 / e, "train_accuracy": train[e]})
+    lines = _accuracy_panel(workdir, tmp_path, monkeypatch)
+    assert list(lines) == ["test", "validation", "training", "best: epoch 2, chosen by validation accuracy"]
+    assert lines["validation"][1] == [95.0, 97.0, 96.0] and lines["test"][1] == [91.0, 92.0, 93.0]
+    assert lines["training"][1][0] == 80.0 and np.isnan(lines["training"][1][1]) and lines["training"][1][2] == 90.0
+    assert lines["best: epoch 2, chosen by validation accuracy"] == ([2], [92.0])  # the star on its test accuracy
+
+    lab = _recorded_run(tmp_path / "lab", epochs=3, fields=lambda e: {"train_accuracy": train[e]})
+    assert list(_accuracy_panel(lab, tmp_path, monkeypatch)) == ["test", "training", "best: epoch 3, chosen by test accuracy"]
 
 
 def test_a_sweep_is_drawn_as_its_combinations_mean_curves(tmp_path):

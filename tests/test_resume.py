@@ -9,13 +9,13 @@ import threading
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import COMPILE_CACHE, make_mnist, write_idx
 from conftest import run_results as _results
 
 from jaxmnist.apps.evaluate import restore_model
+from jaxmnist.core.loops import TrainTotals
 from jaxmnist.runtime.checkpoint import Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,6 +184,57 @@ def test_the_resnet_resumes_exactly_after_a_sigkill_mid_epoch(idx_dir, tmp_path)
         np.testing.assert_array_equal(got, expected)
 
 
+def test_a_run_with_a_validation_set_resumes_exactly(idx_dir, tmp_path):
+    flags = ("--validation", "40", "--epochs", "2")  # 160 training images: 10 steps an epoch
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert _run(_command(idx_dir, straight, *flags)).returncode == 0
+    process = _start(_command(idx_dir, killed, *flags))
+    _wait_for_lines(process, 3)  # epoch 2's first log line
+    process.kill()
+    process.wait()
+    result = _run(_command(idx_dir, killed, *flags))
+    assert result.returncode == 0 and "Resuming from epoch 2" in result.stdout, result.stderr
+    _assert_same(killed, _results(straight))
+    epochs = [r for r in _results(killed)[0] if r["kind"] == "epoch"]
+    assert [(r["val_images"], r["step"]) for r in epochs] == [(40, 10), (40, 20)]
+
+
+def test_a_checkpoint_saved_before_training_accuracy_was_counted_still_resumes(idx_dir, tmp_path, uninterrupted):
+    from jaxmnist.apps.evaluate import evaluate_checkpoint
+    from jaxmnist.config import Config
+    from jaxmnist.core.steps import create_train_state
+
+    workdir = tmp_path / "run"
+    process = _start(_command(idx_dir, workdir))
+    _wait_for_lines(process, 6)  # epoch 2, batch 10: its saves after batches 0 and 5 have been written
+    process.kill()
+    process.wait()
+    # Rewrite the latest (mid-epoch) checkpoint as older versions wrote it: no "correct" counter.
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    step = checkpoints.latest_step()
+    assert step % 13, "the latest checkpoint should be mid-epoch"
+    template = create_train_state(Config(), jax.random.key(0), 13)
+    state, progress, meta = checkpoints.restore(step, template, {"step": template.step, **TrainTotals.zeros()._asdict()})
+    shutil.rmtree(workdir / "checkpoints" / str(step))
+    checkpoints.reload()
+    checkpoints.save(step, state, {name: progress[name] for name in ("step", "loss_sum", "images")}, meta, None)
+    checkpoints.__exit__(None, None, None)  # on disk before the run starts
+    report = evaluate_checkpoint(workdir, "latest")  # evaluate reads it too
+    assert (report["step"], report["chosen_by"]) == (step, "test")
+
+    result = _run(_command(idx_dir, workdir))
+    assert result.returncode == 0, result.stderr
+    assert f"Checkpoint step {step} was saved before training accuracy was counted" in result.stderr
+    # Everything as an uninterrupted run, but epoch 2's training accuracy: not known, so null, not wrong.
+    records, params = _results(workdir)
+    expected_records, expected_params = uninterrupted
+    assert records == [r | {"train_accuracy": None} if r["kind"] == "epoch" and r["epoch"] == 2 else r
+                       for r in expected_records]
+    assert all(r["train_accuracy"] is not None for r in expected_records if r["kind"] == "epoch")
+    for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(expected_params)):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_a_different_configuration_is_refused_and_restart_starts_over(idx_dir, tmp_path):
     workdir = tmp_path / "run"
     assert _run(_command(idx_dir, workdir, "--epochs", "1")).returncode == 0
@@ -210,7 +261,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_best_checkpoint(idx_dir, 
     checkpoints = Checkpoints(workdir / "checkpoints")
     best = checkpoints.best_step()
     template = create_train_state(Config(), jax.random.key(0), 13)
-    progress = {"step": template.step, "loss_sum": jnp.zeros(()), "images": jnp.zeros(())}
+    progress = {"step": template.step, **TrainTotals.zeros()._asdict()}
     state, progress, meta = checkpoints.restore(best, template, progress)
     poisoned = state.replace(step=best + 1, params=jax.tree.map(lambda p: p * np.nan, state.params))
     checkpoints.save(best + 1, poisoned, {**progress, "step": best + 1}, {**meta, "step": best + 1}, None)

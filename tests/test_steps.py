@@ -11,11 +11,13 @@ from jaxmnist.core.loops import (
     run_steps_device,
     run_steps_python,
 )
+from jaxmnist.core.models import build_model
 from jaxmnist.core.steps import (
     Batch,
     StepOptions,
     create_train_state,
     derive_keys,
+    eval_step,
     learning_rate_schedule,
     masked_cross_entropy,
     train_step,
@@ -54,9 +56,24 @@ def test_a_few_steps_fit_a_tiny_batch(tiny_mnist):
     step = jax.jit(train_step, static_argnames="options")
     first_loss = None
     for i in range(50):
-        state, loss = step(state, batch, jax.random.key(i), options=StepOptions())
-        first_loss = float(loss) if first_loss is None else first_loss
-    assert first_loss > 1.5 and float(loss) < 0.05
+        state, metrics = step(state, batch, jax.random.key(i), options=StepOptions())
+        first_loss = float(metrics.loss) if first_loss is None else first_loss
+    assert first_loss > 1.5 and float(metrics.loss) < 0.05
+
+
+def test_the_step_counts_the_real_images_its_logits_read_right(tiny_mnist):
+    """Without augmentation or dropout the step sees what eval_step sees: the same hits, before
+    the update; the padding (mask 0) is never counted."""
+    model = build_model(Config())
+    state = create_train_state(Config(), jax.random.key(0), steps_in_epoch=4)
+    step = jax.jit(train_step, static_argnames="options")
+    batch = Batch(jnp.asarray(tiny_mnist.train_images[:32]), jnp.asarray(tiny_mnist.train_labels[:32]),
+                  jnp.asarray(np.arange(32) < 24, jnp.float32))
+    for i in range(20):  # far enough from chance that the count means something
+        expected, _ = eval_step(model, state.variables(), batch)
+        state, metrics = step(state, batch, jax.random.key(i), options=StepOptions())
+        assert float(metrics.correct) == int(expected.correct)
+    assert 12 < float(metrics.correct) <= 24
 
 
 def _train(tiny_mnist, runner, seed=0):

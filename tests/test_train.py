@@ -31,8 +31,10 @@ def test_one_epoch_writes_config_metrics_and_a_restorable_checkpoint(tmp_path, t
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 3]  # batches 0 and 2 of 4
     (epoch,) = [r for r in lines if r["kind"] == "epoch"]
-    for key in ("epoch", "step", "lr", "train_loss", "test_loss", "test_accuracy", "correct", "epoch_seconds", "images_per_second"):
+    for key in ("epoch", "step", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "correct",
+                "epoch_seconds", "images_per_second"):
         assert key in epoch
+    assert not any(key.startswith("val_") for key in epoch)  # no validation set unless asked for
     assert epoch["step"] == 4 and epoch["test_images"] == 30  # 30 test images in 2 batches of 16: none dropped
     assert epoch == records[0]
 
@@ -46,6 +48,8 @@ def test_one_epoch_writes_config_metrics_and_a_restorable_checkpoint(tmp_path, t
     out = caplog.text
     assert "Train Epoch: 1 [0/200 (0%)]\tLoss: " in out
     assert f"Test Accuracy: {epoch['correct']}/30 ({epoch['test_accuracy']:.2f}%)" in out
+    assert f"train loss {epoch['train_loss']:.4f}, accuracy {epoch['train_accuracy']:.2f}%" in out
+    assert f"Best model saved with accuracy: {epoch['test_accuracy']:.2f}%" in out  # the lab's line
 
 
 def test_training_learns_and_keeps_the_best_and_the_latest_checkpoint(tmp_path, tiny_mnist):
@@ -85,6 +89,7 @@ def test_a_different_configuration_is_refused(tmp_path, tiny_mnist):
     (["--dropout", "1"], "--dropout must be in [0, 1)"),
     (["--warmup-epochs", "5"], "--warmup-epochs must be at least 0 and less than --epochs (5), got 5.0"),
     (["--recipe", "best"], "invalid choice: 'best'"),
+    (["--validation", "-1"], "--validation must be 0 (none) or a number of training images to hold out, got -1."),
     (["--no-such-flag"], "unrecognized arguments"),
 ])
 def test_bad_flags_are_refused_before_any_work(flags, message, capsys):
@@ -183,3 +188,56 @@ def test_profile_traces_the_steps_into_the_workdir(tmp_path, tiny_mnist):
     _run(tmp_path, tiny_mnist, epochs=1, profile=True)
     traces = list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 1000
+
+
+def test_validation_holds_out_the_last_images_never_trains_on_them_and_chooses_the_best(tmp_path, tiny_mnist, caplog):
+    from jaxmnist.apps.evaluate import evaluate_checkpoint
+    from jaxmnist.runtime.data import MNIST
+
+    caplog.set_level("INFO", logger="jaxmnist")
+    _, held_out = _run(tmp_path / "held-out", tiny_mnist, epochs=2, validation=40)
+    # The same first 160 images without the last 40: training must not see a difference.
+    first = MNIST(tiny_mnist.train_images[:160], tiny_mnist.train_labels[:160], tiny_mnist.test_images,
+                  tiny_mnist.test_labels)
+    _, without = _run(tmp_path / "without", first, epochs=2)
+    for a, b in zip(held_out, without):
+        for key in ("step", "train_loss", "train_accuracy", "test_loss", "correct"):
+            assert a[key] == b[key], key
+    assert "Train Epoch: 1 [0/160 (0%)]" in caplog.text
+
+    assert all(r["val_images"] == 40 and r["val_accuracy"] == 100.0 * r["val_correct"] / 40 for r in held_out)
+    best = max(held_out, key=lambda r: (r["val_accuracy"], -r["step"]))
+    workdir = tmp_path / "held-out" / "run"
+    assert Checkpoints(workdir / "checkpoints", read_only=True).best_step() == best["step"]
+    assert f"Best model saved with validation accuracy: {held_out[0]['val_accuracy']:.2f}%" in caplog.text
+    # The validation set is the training split's last 40 images: the best checkpoint reads them as logged.
+    last = MNIST(tiny_mnist.train_images, tiny_mnist.train_labels, tiny_mnist.train_images[160:],
+                 tiny_mnist.train_labels[160:])
+    report = evaluate_checkpoint(workdir, "best", last)
+    assert (report["step"], report["correct"], report["chosen_by"]) == (best["step"], best["val_correct"], "validation")
+
+
+def test_the_validation_set_not_the_test_set_chooses_the_best_checkpoint(tmp_path):
+    from jaxmnist.core.steps import create_train_state
+
+    state = create_train_state(Config(), jax.random.key(0), steps_in_epoch=4)
+    # Test accuracy peaks at step 8, validation accuracy at step 12: validation decides, for both
+    # what Orbax keeps and what best_step answers.
+    with Checkpoints(tmp_path / "checkpoints") as checkpoints:
+        for step, test, val in ((4, 50.0, 50.0), (8, 90.0, 60.0), (12, 70.0, 80.0), (16, 60.0, 70.0)):
+            checkpoints.save(step, state, {"step": step}, {"step": step}, {"test_accuracy": test, "val_accuracy": val,
+                                                                           "step": step})
+    checkpoints = Checkpoints(tmp_path / "checkpoints", read_only=True)
+    assert checkpoints.best_step() == 12 and checkpoints.steps() == [12, 16]
+
+
+def test_a_validation_set_that_leaves_less_than_a_batch_is_one_line(tmp_path, capsys):
+    from conftest import make_mnist, write_idx
+
+    idx_dir = write_idx(tmp_path / "idx", make_mnist(200, 10))
+    argv = ["--idx-dir", str(idx_dir), "--workdir", str(tmp_path / "run"), "--allow-small-data", "--validation", "150"]
+    assert train.main(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines() == [
+        "--validation 150 leaves 50 of the 200 training images to train on, fewer than one batch (--batch-size 64)."]
+    assert not (tmp_path / "run").exists()

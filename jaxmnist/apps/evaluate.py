@@ -197,6 +197,8 @@ def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.M
         "step": number, "epoch": meta["epoch"], "correct": int(totals.correct), "test_images": count,
         "test_accuracy": 100.0 * int(totals.correct) / count, "test_loss": float(totals.loss_sum) / count,
         "logged_correct": meta.get("correct"),
+        # Which set ranks the run's checkpoints for "best" (ranking.rank), as its recipe says.
+        "chosen_by": "validation" if meta["config"].get("validation") else "test",
         "data": source._asdict(),  # the images that "index" below refers to
         "run_data": meta.get("data"),  # what the run trained and logged on
         **error_analysis(dataset.test_labels, np.asarray(probabilities)),
@@ -218,6 +220,11 @@ def write_report(workdir: str | Path, report: dict[str, Any]) -> Path:
 def print_report(report: dict[str, Any]) -> None:
     """The lab's accuracy line, then the per-class table, the confusion matrix and top confusions."""
     log.info("Checkpoint step %d (epoch %d)", report["step"], report["epoch"])
+    if report.get("chosen_by") == "validation":
+        log.info("The run's best checkpoint is chosen by validation accuracy: the test set took no part in choosing it.")
+    elif report.get("chosen_by") == "test":
+        log.info("The run's best checkpoint is chosen by test accuracy, as the lab's was: its test accuracy is an "
+                 "optimistic estimate (--validation N chooses on held-out training images).")
     log.info("Test Accuracy: %d/%d (%.2f%%)  test loss %.4f",
              report["correct"], report["test_images"], report["test_accuracy"], report["test_loss"])
     run_data = report.get("run_data") or report["data"]

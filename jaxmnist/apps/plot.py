@@ -40,6 +40,8 @@ from jaxmnist.core.steps import derive_keys, split_step_key  # noqa: E402
 from jaxmnist.errors import UserError  # noqa: E402
 from jaxmnist.runtime import data  # noqa: E402
 from jaxmnist.runtime.checkpoint import Checkpoints  # noqa: E402
+from jaxmnist.runtime.ranking import chosen_by, rank  # noqa: E402
+from jaxmnist.runtime.run import split_validation  # noqa: E402
 from jaxmnist.runtime.reporting import MetricsLog, quiet_libraries  # noqa: E402
 from jaxmnist.runtime.workdir import check_path_argument, is_run  # noqa: E402
 
@@ -55,8 +57,14 @@ def run_labels(workdirs: list[Path]) -> list[str]:
     return labels if all(labels) else [workdir.name for workdir in workdirs]
 
 
+# The sets an epoch record may hold: (name in the legend, its loss key, its accuracy key, line style).
+CURVE_SETS = (("test", "test_loss", "test_accuracy", "o-"), ("validation", "val_loss", "val_accuracy", "s--"),
+              ("training", None, "train_accuracy", "^:"))
+
+
 def plot_curves(workdirs: list[Path], out: Path) -> None:
-    """Training loss (every log point and per epoch), test loss, test accuracy and learning rate."""
+    """Training loss (every log point and per epoch), test and validation loss, training, test and
+    validation accuracy with the best epoch marked (by the set that chose it), and learning rate."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     (loss_ax, test_loss_ax), (accuracy_ax, lr_ax) = axes
     for workdir, name in zip(workdirs, run_labels(workdirs) if len(workdirs) > 1 else [None] * len(workdirs)):
@@ -68,12 +76,21 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
         x = [e["epoch"] for e in epochs]
         loss_ax.plot(x, [e["train_loss"] for e in epochs], "o-", color=line.get_color(),
                      label=f"{name}: epoch mean" if name else "epoch mean")
-        test_loss_ax.plot(x, [e["test_loss"] for e in epochs], "o-", label=name)
-        accuracy_ax.plot(x, [e["test_accuracy"] for e in epochs], "o-", label=name)
+        colour = None  # overlaid runs: one colour per run, one line style per set; one run: a colour per set
+        for which, loss_key, accuracy_key, style in CURVE_SETS:
+            if not any(e.get(accuracy_key) is not None for e in epochs):
+                continue  # no validation set, or records from before training accuracy
+            label = f"{name}: {which}" if name else which
+            drawn = accuracy_ax.plot(x, [_value(e, accuracy_key) for e in epochs], style, color=colour, label=label)[0]
+            if loss_key:
+                test_loss_ax.plot(x, [e[loss_key] for e in epochs], style, color=drawn.get_color(), label=label)
+            colour = drawn.get_color() if name else None
+        if epochs:
+            _mark_best(accuracy_ax, epochs, colour or "gold", name)
         lr_ax.step(x, [e["lr"] for e in epochs], "o-", where="mid", label=name)
     loss_ax.set(title="Training loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
-    test_loss_ax.set(title="Test loss (10,000 unrotated images)", xlabel="epoch", ylabel="cross-entropy")
-    accuracy_ax.set(title="Test accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    test_loss_ax.set(title="Test and validation loss (unrotated images)", xlabel="epoch", ylabel="cross-entropy")
+    accuracy_ax.set(title="Accuracy (training: the augmented images trained on)", xlabel="epoch", ylabel="accuracy (%)")
     accuracy_ax.axhline(99.05, color="grey", ls=":", lw=1, label="the lab: 99.05%")
     lr_ax.set(title="Learning rate", xlabel="epoch", ylabel="Adam learning rate", yscale="log")
     for ax in axes.flat:
@@ -84,6 +101,14 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=90)
     plt.close(fig)
+
+
+def _mark_best(ax, epochs: list[dict], colour, name: str | None) -> None:
+    """A star on the best epoch's test accuracy, saying which set chose it (ranking.rank's rule)."""
+    best = max(epochs, key=rank)
+    chosen_on, _ = chosen_by(best)
+    ax.plot(best["epoch"], best["test_accuracy"], "*", ms=14, color=colour, markeredgecolor="black",
+            label=f"{name + ': ' if name else ''}best: epoch {best['epoch']}, chosen by {chosen_on} accuracy")
 
 
 SWEEP_CURVES = {"test_accuracy": "Test accuracy (%)", "val_accuracy": "Validation accuracy (%)",
@@ -109,7 +134,7 @@ def plot_sweep(root: Path, out: Path) -> None:
     for ax, curve in zip(axes.flat, curves):
         for key, runs in groups.items():
             epochs = min(len(records) for records in runs)
-            values = np.array([[r.get(curve, np.nan) for r in records[:epochs]] for records in runs])  # [seeds, epochs]
+            values = np.array([[_value(r, curve) for r in records[:epochs]] for records in runs])  # [seeds, epochs]
             x, mean = np.arange(1, epochs + 1), values.mean(axis=0)
             std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(epochs)  # the table's sample std
             line = ax.errorbar(x, mean, yerr=std, fmt="o-", capsize=3, label=f"{names[key]} ({len(runs)} seeds)")[0]
@@ -122,6 +147,11 @@ def plot_sweep(root: Path, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "sweep.png", dpi=90)
     plt.close(fig)
+
+
+def _value(record: dict, key: str) -> float:
+    """A record's figure, NaN where it has none (no validation set) or it is not known (null)."""
+    return np.nan if record.get(key) is None else record[key]
 
 
 def plot_structure(config: Config, out: Path) -> None:
@@ -157,12 +187,13 @@ def plot_structure(config: Config, out: Path) -> None:
 def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16) -> None:
     """The first images of epoch 1's first batch, shuffled and rotated exactly as training saw them."""
     keys = derive_keys(config.seed)
-    order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(dataset.train_images), config.batch_size)
+    (train_images, train_labels), _ = split_validation(dataset, config.validation)  # the images trained on
+    order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(train_images), config.batch_size)
     ids = np.asarray(order.indices[0])
     augment_key, _ = split_step_key(jax.random.fold_in(keys.augment, 0))  # step 0's, as the train step splits it
-    images = random_transform(augment_key, dataset.train_images[ids], config.rotation, config.translate)
+    images = random_transform(augment_key, train_images[ids], config.rotation, config.translate)
     fig, axes = plt.subplots(2, count // 2, figsize=(count * 0.75, 4.2))
-    for ax, image, digit in zip(axes.flat, np.asarray(images), dataset.train_labels[ids]):
+    for ax, image, digit in zip(axes.flat, np.asarray(images), train_labels[ids]):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(str(digit))
         ax.axis("off")
@@ -187,12 +218,17 @@ def plot_confusion(report: dict, out: Path) -> None:
                 ax.text(p, t, matrix[t, p], ha="center", va="center", fontsize=8, color=colour,
                         weight="bold" if t == p or dark else None)
     ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
-           title=f"Confusion matrix, step {report['step']}: {report['correct']}/{report['test_images']} correct\n"
-                 "(colour: mistakes only; green: correct counts)")
+           title=f"Confusion matrix, step {report['step']}{_chosen(report)}: {report['correct']}/{report['test_images']} "
+                 "test images correct\n(colour: mistakes only; green: correct counts)")
     fig.colorbar(image, ax=ax, label="misclassified images")
     fig.tight_layout()
     fig.savefig(out / "confusion.png", dpi=90)
     plt.close(fig)
+
+
+def _chosen(report: dict) -> str:
+    """' (best by validation accuracy)' and the like, for a figure's title; '' where not recorded."""
+    return f" (best by {report['chosen_by']} accuracy)" if report.get("chosen_by") else ""
 
 
 def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 150) -> None:
@@ -208,7 +244,8 @@ def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 150) 
         ax.imshow(dataset.test_images[m["index"]], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{m['true']} -> {m['predicted']} ({m['confidence']:.2f})", fontsize=8)
     shown = f"the {len(wrong)} most confident" if len(report["misclassified"]) > limit else "all"
-    fig.suptitle(f"Misclassified test images ({shown} of {len(report['misclassified'])}): true -> predicted (confidence)")
+    fig.suptitle(f"Misclassified test images ({shown} of {len(report['misclassified'])}), step {report['step']}"
+                 f"{_chosen(report)}: true -> predicted (confidence)")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))  # the rows below the title, never under it
     fig.savefig(out / "errors.png", dpi=90)
     plt.close(fig)

@@ -41,10 +41,11 @@ class TrainTotals(NamedTuple):
 
     loss_sum: jax.Array
     images: jax.Array
+    correct: jax.Array  # float32 like images (exact to 2**24); NaN where a resume cannot know it (resume.py)
 
     @classmethod
     def zeros(cls) -> "TrainTotals":
-        return cls(np.zeros((), np.float32), np.zeros((), np.float32))  # NumPy: placed, not computed
+        return cls(*(np.zeros((), np.float32) for _ in cls._fields))  # NumPy: placed, not computed
 
 
 RunSteps = Callable[..., tuple[train_state.TrainState, TrainTotals, jax.Array]]
@@ -106,9 +107,10 @@ def _step_body(state, totals: TrainTotals, data: DeviceDataset, order: EpochOrde
     # goes from the host to the device per step.
     batch = select_batch(data, order, state.step % order.indices.shape[0], batch_sharding)
     # Keyed by the global step, so a resumed run draws exactly the angles it would have drawn.
-    state, loss = train_step(state, batch, jax.random.fold_in(augment_key, state.step), options)
+    state, metrics = train_step(state, batch, jax.random.fold_in(augment_key, state.step), options)
     real = jnp.sum(batch.mask)
-    return state, TrainTotals(totals.loss_sum + loss * real, totals.images + real), loss
+    return state, TrainTotals(totals.loss_sum + metrics.loss * real, totals.images + real,
+                              totals.correct + metrics.correct), metrics.loss
 
 
 _STATIC = ("options", "batch_sharding")

@@ -59,6 +59,13 @@ class TrainState(train_state.TrainState):
         return {"params": self.params} | ({"batch_stats": self.batch_stats} if self.batch_stats else {})
 
 
+class StepMetrics(NamedTuple):
+    """What one train step reports about its batch, read off the logits it trained on."""
+
+    loss: jax.Array  # [] float32, the mean over the real images
+    correct: jax.Array  # [] float32, real images whose augmented form the model read right
+
+
 class EvalTotals(NamedTuple):
     """Sums over the real images of a batch (or a whole test set)."""
 
@@ -137,8 +144,8 @@ def split_step_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return augment_key, dropout_key
 
 
-def train_step(state: TrainState, batch: Batch, key: jax.Array, options: StepOptions) -> tuple[TrainState, jax.Array]:
-    """One Adam update on a batch, augmented on the device with key; returns the batch loss."""
+def train_step(state: TrainState, batch: Batch, key: jax.Array, options: StepOptions) -> tuple[TrainState, StepMetrics]:
+    """One Adam update on a batch, augmented on the device with key; returns its loss and hits."""
     augment_key, dropout_key = split_step_key(key)
     images = normalize(random_transform(augment_key, batch.images, options.rotation, options.translate))  # [B, 28, 28, 1]
 
@@ -146,10 +153,14 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, options: StepOpt
         logits, updates = state.apply_fn(  # logits [B, 10]; updates: the batch's new BatchNorm statistics
             state.variables() | {"params": params}, images, train=True, rngs={"dropout": dropout_key},
             mutable=["batch_stats"])
-        return masked_cross_entropy(logits, batch.labels, batch.mask, options.label_smoothing), updates
+        return masked_cross_entropy(logits, batch.labels, batch.mask, options.label_smoothing), (updates, logits)
 
-    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)), loss
+    (loss, (updates, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Training accuracy from the logits the loss already computed (no second forward pass): of
+    # the augmented images, with dropout on, as the model saw them while it learned.
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == batch.labels) * batch.mask)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    return state, StepMetrics(loss, correct)
 
 
 def eval_step(model: nn.Module, variables: dict[str, Any], batch: Batch) -> tuple[EvalTotals, jax.Array]:

@@ -1,12 +1,12 @@
-"""Orbax checkpoints of a run: the best by test accuracy and the latest, side by side.
+"""Orbax checkpoints of a run: the best (by ranking.rank) and the latest, side by side.
 
 The only module that imports orbax. Each checkpoint holds four or five items, so that
 evaluation can restore the model alone:
     params       the model's parameters
     batch_stats  BatchNorm's running statistics, for models that have them
     opt_state    Adam's moments and step count
-    progress   the global step and this epoch's running train-loss sums (exact resume mid-epoch)
-    meta       JSON: epoch, step, test metrics (at epoch ends), the run's config, and a digest of
+    progress   the global step and this epoch's running training sums (exact resume mid-epoch)
+    meta       JSON: epoch, step, its epoch's record (at epoch ends), the run's config, and a digest of
                every array of the three items above, verified at every restore
 
 Orbax's data files carry no checksum: without the digests a flipped bit would be restored, used
@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxmnist.errors import UserError
+from jaxmnist.runtime.ranking import rank
 from jaxmnist.runtime.reporting import quiet_libraries
 
 SUPERSEDED = "superseded"  # Orbax's rename target for checkpoints it no longer keeps
@@ -77,11 +78,6 @@ def _abandoned_coroutines_unreported() -> Iterator[None]:
     finally:
         gc.collect()
         sys.unraisablehook = previous
-
-
-def _rank(metrics: dict[str, Any]) -> tuple[float, int]:
-    # Higher accuracy wins; on a tie the earlier epoch stays best, as the lab's "acc > best".
-    return metrics["test_accuracy"], -metrics["step"]
 
 
 def _reason(error: Exception) -> str:
@@ -156,10 +152,10 @@ class Checkpoints:
         keep = policies.AnyPreservationPolicy([
             policies.LatestN(n=1),
             # Mid-epoch checkpoints carry no metrics: they must not pile up, LatestN covers them.
-            policies.BestN(get_metric_fn=_rank, reverse=False, n=1, keep_checkpoints_without_metrics=False),
+            policies.BestN(get_metric_fn=rank, reverse=False, n=1, keep_checkpoints_without_metrics=False),
         ])
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=keep, best_fn=_rank, best_mode="max", read_only=read_only, create=not read_only,
+            preservation_policy=keep, best_fn=rank, best_mode="max", read_only=read_only, create=not read_only,
             # A kill mid-save leaves N.orbax-checkpoint-tmp-*: removed when a writer opens the folder.
             cleanup_tmp_directories=not read_only,
             # Deleting is one rename (a kill mid-rmtree would leave half a checkpoint among the real ones).
@@ -177,16 +173,17 @@ class Checkpoints:
         return self._manager.latest_step()
 
     def best_step(self) -> int | None:
-        """The step with the highest test accuracy (earliest on a tie), or None."""
+        """The step the ranking rule puts first (rank), or None before any epoch has ended."""
         with_metrics = [s for s in self.steps() if self.metrics(s) is not None]
-        return max(with_metrics, key=lambda s: _rank(self.metrics(s))) if with_metrics else None
+        return max(with_metrics, key=lambda s: rank(self.metrics(s))) if with_metrics else None
 
     def metrics(self, step: int) -> dict[str, float] | None:
-        """The test metrics saved with an end-of-epoch checkpoint (None mid-epoch)."""
+        """The metrics saved to rank an end-of-epoch checkpoint (None mid-epoch): step, test_accuracy,
+        and val_accuracy where the run has a validation set."""
         return self._manager.metrics(step)
 
     def meta(self, step: int) -> dict[str, Any]:
-        """The JSON item alone (epoch, step, config, test metrics): cheap, no arrays read."""
+        """The JSON item alone (epoch, step, config, the epoch's record): cheap, no arrays read."""
         meta = self._restore(step, meta=ocp.args.JsonRestore()).meta
         if not isinstance(meta, dict):
             raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged (its meta item is not a record).")
@@ -209,7 +206,7 @@ class Checkpoints:
         self._manager.reload()
 
     def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None) -> None:
-        """Start an asynchronous save; metrics (test accuracy) make it a candidate for best."""
+        """Start an asynchronous save; metrics (an epoch's accuracies, ranking.rank's) make it a candidate for best."""
         # The model's collections (params, and batch_stats where it has them), as TrainState.variables says.
         arrays = {**state.variables(), "opt_state": state.opt_state, "progress": progress}
         meta = meta | {"digests": {item: digests(tree) for item, tree in arrays.items()}}
@@ -231,15 +228,18 @@ class Checkpoints:
             raise self._save_failed(error) from None
 
     def param_shapes(self, step: int) -> dict[str, tuple]:
-        """The saved parameters' shapes by name (conv1.kernel), from Orbax's metadata, without
-        reading the arrays."""
-        self._check_complete(step, ["params"])
+        """The saved parameters' shapes by name (conv1.kernel), without reading the arrays."""
+        return self._shapes(step, "params")
+
+    def _shapes(self, step: int, item: str) -> dict[str, tuple]:
+        """The shapes of an item's arrays by name, from Orbax's metadata, without reading them."""
+        self._check_complete(step, [item])
         try:
-            metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "params").item_metadata
+            metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / item).item_metadata
         except Exception as error:  # noqa: BLE001 - a library failure is not yet proof of damage
             raise self._unreadable(step, error) from None
         if metadata is None:
-            raise self._unreadable(step, RuntimeError("Orbax finds no metadata of its params"))
+            raise self._unreadable(step, RuntimeError(f"Orbax finds no metadata of its {item}"))
         leaves = jax.tree_util.tree_leaves_with_path(metadata.tree)
         return {_name(path): tuple(leaf.shape) for path, leaf in leaves}
 
@@ -264,10 +264,14 @@ class Checkpoints:
         self._verify(step, items.meta, **variables)
         return variables, items.meta
 
-    def restore(self, step: int, state, progress) -> tuple[Any, Any, dict[str, Any]]:
-        """Everything needed to resume: state and progress shaped like the given templates."""
+    def restore(self, step: int, state, progress: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """Everything needed to resume: state and progress shaped like the given templates. A
+        counter of progress that the checkpoint does not hold (one saved before the counter
+        existed) is left out of the progress returned: the caller decides what it was."""
         abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
         self.check_model(step, state.params)
+        saved = self._shapes(step, "progress")
+        progress = {name: value for name, value in progress.items() if name in saved}
         templates = {**state.variables(), "opt_state": state.opt_state, "progress": progress}
         items = self._restore(step, **{name: ocp.args.StandardRestore(abstract(tree)) for name, tree in templates.items()},
                               meta=ocp.args.JsonRestore())

@@ -12,7 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-EPOCH_SCALARS = ("test_accuracy", "test_loss", "train_loss", "lr", "images_per_second")
+# val_* only in runs with a validation set; train_accuracy is null in an epoch resumed from a
+# checkpoint older than its counter: each is drawn where the record has it.
+EPOCH_SCALARS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss", "lr",
+                 "images_per_second")
 
 
 class Dashboard:
@@ -39,7 +42,8 @@ class Dashboard:
             self._writer.add_scalar("train/loss", record["loss"], record["step"])
         else:
             for name in EPOCH_SCALARS:
-                self._writer.add_scalar(f"epoch/{name}", record[name], record["step"])
+                if record.get(name) is not None:
+                    self._writer.add_scalar(f"epoch/{name}", record[name], record["step"])
             self._writer.flush()  # an epoch is worth seeing at once
 
     def close(self) -> None:

@@ -169,12 +169,18 @@ def train_line(epoch: int, index: int, batch_size: int, num_images: int, num_ste
 
 
 def epoch_line(record: dict[str, Any]) -> str:
-    """The lab's accuracy line, followed by what the lab did not print."""
-    return (
+    """The lab's accuracy line, followed by what the lab did not print; the validation set's
+    line under it where the run holds one out."""
+    train_accuracy = "unknown" if record["train_accuracy"] is None else f"{record['train_accuracy']:.2f}%"
+    line = (
         f"\nTest Accuracy: {record['correct']}/{record['test_images']} ({record['test_accuracy']:.2f}%)"
-        f"  test loss {record['test_loss']:.4f} | train loss {record['train_loss']:.4f}"
+        f"  test loss {record['test_loss']:.4f} | train loss {record['train_loss']:.4f}, accuracy {train_accuracy}"
         f" | lr {record['lr']:.1e} | {record['epoch_seconds']:.1f} s | {record['images_per_second']:.0f} images/s\n"
     )
+    if "val_accuracy" in record:
+        line += (f"Validation Accuracy: {record['val_correct']}/{record['val_images']} ({record['val_accuracy']:.2f}%)"
+                 f"  validation loss {record['val_loss']:.4f}\n")
+    return line
 
 
 class Progress:

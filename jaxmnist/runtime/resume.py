@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxmnist.config import Config
 from jaxmnist.core.loops import TrainTotals
@@ -64,11 +65,24 @@ def resume(checkpoints: Checkpoints, config: Config, source: data.Source, num_de
             epoch = math.ceil(step / num_steps)
             raise WorkdirError(f"{config.workdir} has trained into epoch {epoch} (step {step}), past --epochs "
                                f"{config.epochs}; give --epochs {epoch} or more to continue it, or --restart.")
-        return state, TrainTotals(progress["loss_sum"], progress["images"]), int(progress["step"]), meta
+        return state, _restored_totals(progress, totals, step), int(progress["step"]), meta
     if unreadable:
         raise CheckpointError(f"{unreadable[0][1]} Nothing was moved or retrained: fix the cause and run the same "
                               "command again, or --restart to discard the run.")
     return state, totals, 0, {}
+
+
+def _restored_totals(progress: dict[str, Any], zeros: TrainTotals, step: int) -> TrainTotals:
+    """The epoch's running sums as saved. A checkpoint from before training accuracy was counted
+    lacks its counter: at an epoch's end it is 0, as every sum is; mid-epoch it is not known, and
+    NaN carries that into the epoch's record (train_accuracy null) instead of a wrong figure."""
+    if "correct" not in progress:
+        unknown = float(jax.device_get(progress["images"])) > 0
+        if unknown:
+            log.warning("Checkpoint step %d was saved before training accuracy was counted: this epoch's is not "
+                        "known (null in its record); the next epochs have it.", step)
+        progress = progress | {"correct": zeros.correct + np.float32(np.nan) if unknown else zeros.correct}
+    return TrainTotals(**{name: progress[name] for name in TrainTotals._fields})
 
 
 def _set_aside(checkpoints: Checkpoints, step: int, why: str) -> None:

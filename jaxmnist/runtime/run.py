@@ -15,18 +15,20 @@ import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import jax
+import numpy as np
 
 from jaxmnist.config import Config
 from jaxmnist.core.loops import DeviceDataset, TrainTotals, chunks, epoch_order, evaluate, make_runner, num_batches, stack_batches
 from jaxmnist.core.models import build_model
-from jaxmnist.core.steps import StepOptions, create_train_state, derive_keys, learning_rate_schedule
+from jaxmnist.core.steps import EvalTotals, StepOptions, create_train_state, derive_keys, learning_rate_schedule
 from jaxmnist.runtime import data, parallel
 from jaxmnist.runtime import workdir as workdirs
 from jaxmnist.runtime.checkpoint import Checkpoints
 from jaxmnist.runtime.dashboard import Dashboard
+from jaxmnist.runtime.ranking import chosen_by
 from jaxmnist.runtime.reporting import MetricsLog, Progress, epoch_line, log, train_line, write_config
 from jaxmnist.runtime.resume import resume, run_identity
 from jaxmnist.runtime.stopping import NOT_STARTED, Interrupted, StopRequest, TrainingStopped, stop_if_asked, stop_on_signals
@@ -60,14 +62,18 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None,
 
 def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source, mesh, metrics: MetricsLog,
            stop: StopRequest) -> list[dict[str, Any]]:
-    num_train = len(dataset.train_images)
+    (train_images, train_labels), (val_images, val_labels) = split_validation(dataset, config.validation)
+    num_train = len(train_images)
     num_steps = num_batches(num_train, config.batch_size)  # per epoch
     model = build_model(config)
     keys = derive_keys(config.seed)
     state = create_train_state(config, keys.init, num_steps)
-    test_batches = stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size)
-    keys, state, totals, train_set, test_batches = parallel.replicate(
-        (keys, state, TrainTotals.zeros(), DeviceDataset(dataset.train_images, dataset.train_labels), test_batches), mesh)
+    eval_sets = {"test": stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size)}
+    if config.validation:
+        eval_sets["validation"] = stack_batches(val_images, val_labels, config.eval_batch_size)
+    train_set = DeviceDataset(train_images, train_labels)
+    keys, state, totals, train_set, eval_sets = parallel.replicate((keys, state, TrainTotals.zeros(), train_set, eval_sets),
+                                                                   mesh)
     batch_sharding = parallel.batch_sharded(mesh)
     run_steps = make_runner(config.loop, jax.default_backend(), StepOptions.from_config(config), batch_sharding)
     schedule = jax.jit(learning_rate_schedule(config, num_steps))  # for the records: one program, not one per op
@@ -104,17 +110,28 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
                     _log_train_loss(float(loss), epoch, end - 1, step, config, num_train, num_steps, metrics, saver)
             progress.close()
 
-            record = evaluate_epoch(model, epoch, step, state, totals, test_batches, batch_sharding, schedule, clock)
+            record = evaluate_epoch(model, epoch, step, state, totals, eval_sets, batch_sharding, schedule, clock)
             metrics.write(record)
             records.append(record)
             log.info(epoch_line(record))
             # The checkpoint holds what a resume starts the next epoch with: its totals are zero.
             totals, clock = parallel.replicate(TrainTotals.zeros(), mesh), EpochClock(0.0)
             saver.save(step, state, totals, record)
-            if record["test_accuracy"] > best_accuracy:
-                best_accuracy = record["test_accuracy"]
-                log.info("Best model saved with accuracy: %.2f%%", best_accuracy)
+            chosen_on, accuracy = chosen_by(record)
+            if accuracy > best_accuracy:
+                best_accuracy = accuracy
+                log.info("Best model saved with %saccuracy: %.2f%%", "validation " if chosen_on == "validation" else "",
+                         best_accuracy)
     return records
+
+
+def split_validation(dataset: data.MNIST, validation: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) to train on, and (images, labels) held out: --validation N holds out the
+    training split's last N images, the same whatever the seed. The data's fingerprint stays the
+    whole split's: the split is the recipe's, not the data's."""
+    split = len(dataset.train_images) - validation
+    return ((dataset.train_images[:split], dataset.train_labels[:split]),
+            (dataset.train_images[split:], dataset.train_labels[split:]))
 
 
 class Saver:
@@ -129,12 +146,12 @@ class Saver:
         self.saved_step, self.last_save = saved_step, time.perf_counter()  # what is on disk: the resumed state
 
     def save(self, step: int, state, totals: TrainTotals, record: dict[str, Any] | None = None) -> None:
-        counters = {"step": state.step, "loss_sum": totals.loss_sum, "images": totals.images}
+        counters = {"step": state.step, **totals._asdict()}
         about = self.identity | {"step": step, "epoch": step // self.num_steps}
         rank = None
-        if record is not None:  # an epoch's end: its test metrics make it a candidate for best
+        if record is not None:  # an epoch's end: its accuracies make it a candidate for best (ranking.rank)
             about |= {k: record[k] for k in ("test_accuracy", "correct", "test_loss")} | {"record": record}
-            rank = {"test_accuracy": record["test_accuracy"], "step": step}
+            rank = {k: record[k] for k in ("test_accuracy", "val_accuracy") if k in record} | {"step": step}
         self.checkpoints.save(step, state, counters, about, rank)
         if record is not None:
             self.checkpoints.wait()  # on disk before the console says "Best model saved" (a kill after it loses nothing)
@@ -153,14 +170,17 @@ class Saver:
                               "resume.", stop_signal)
 
     def best_accuracy(self) -> float:
+        """The accuracy that chose the best checkpoint so far (on validation or test); -1 before any."""
         best = self.checkpoints.best_step()
-        return self.checkpoints.metrics(best)["test_accuracy"] if best is not None else -1.0
+        return chosen_by(self.checkpoints.metrics(best))[1] if best is not None else -1.0
 
     def what_is_kept(self) -> str:
         best = self.checkpoints.best_step()
         if best is None:
             return "No epoch had ended, so no checkpoint is kept; try a lower --lr."
-        return f"The best checkpoint (step {best}, {self.best_accuracy():.2f}%) is kept."
+        chosen_on, accuracy = chosen_by(self.checkpoints.metrics(best))
+        on = " on validation" if chosen_on == "validation" else ""
+        return f"The best checkpoint (step {best}, {accuracy:.2f}%{on}) is kept."
 
 
 class EpochClock:
@@ -172,27 +192,52 @@ class EpochClock:
         self.images_before = images_before
 
 
-def evaluate_epoch(model, epoch: int, step: int, state, totals: TrainTotals, test_batches, batch_sharding, schedule,
-                   clock: EpochClock) -> dict[str, Any]:
-    """The epoch's record: its training loss and speed, and the test set's loss and accuracy."""
+def evaluate_epoch(model, epoch: int, step: int, state, totals: TrainTotals, eval_sets: dict[str, Any], batch_sharding,
+                   schedule, clock: EpochClock) -> dict[str, Any]:
+    """The epoch's record: its training loss, accuracy and speed, and the loss and accuracy on each
+    of eval_sets ("test", and "validation" where the run holds one out)."""
     jax.block_until_ready(state)  # the device may still be training: time it, not the dispatch
     train_seconds = time.perf_counter() - clock.start
-    eval_totals, _ = evaluate(model, state.variables(), test_batches, batch_sharding, with_probabilities=False)
-    totals, eval_totals = jax.device_get((totals, eval_totals))
-    count = int(eval_totals.count)
+    results = {name: evaluate(model, state.variables(), batches, batch_sharding, with_probabilities=False)[0]
+               for name, batches in eval_sets.items()}
+    totals, results = jax.device_get((totals, results))
+    test = _scores(results["test"])
     record = {
         "kind": "epoch", "epoch": epoch, "step": step,
         "lr": float(schedule(step - 1)),  # the rate this epoch's updates used
         "train_loss": float(totals.loss_sum / max(totals.images, 1)),
-        "test_loss": float(eval_totals.loss_sum / count),
-        "test_accuracy": 100.0 * int(eval_totals.correct) / count,
-        "correct": int(eval_totals.correct), "test_images": count,
+        # null where a resume from a checkpoint older than the counter cannot know it (resume.py)
+        "train_accuracy": _percentage(totals.correct, totals.images),
+        "test_loss": test.loss, "test_accuracy": test.accuracy, "correct": test.correct, "test_images": test.count,
         "train_seconds": round(train_seconds, 3), "epoch_seconds": round(time.perf_counter() - clock.start, 3),
         "images_per_second": round((float(totals.images) - clock.images_before) / max(train_seconds, 1e-9), 1),
     }
+    if "validation" in results:
+        validation = _scores(results["validation"])
+        record |= {"val_loss": validation.loss, "val_accuracy": validation.accuracy, "val_correct": validation.correct,
+                   "val_images": validation.count}
     if not math.isfinite(record["train_loss"]):
         raise TrainingStopped(f"The training loss became {record['train_loss']} in epoch {epoch}; stopped.")
     return record
+
+
+class Scores(NamedTuple):
+    """One evaluation set's results, as the epoch's record states them."""
+
+    loss: float  # the mean cross-entropy
+    accuracy: float  # a percentage
+    correct: int
+    count: int
+
+
+def _scores(totals: EvalTotals) -> Scores:
+    count = int(totals.count)
+    return Scores(float(totals.loss_sum / count), 100.0 * int(totals.correct) / count, int(totals.correct), count)
+
+
+def _percentage(part, whole) -> float | None:
+    """100 * part / whole; None where part is not known (NaN) or there is no whole."""
+    return 100.0 * float(part) / float(whole) if math.isfinite(part) and whole > 0 else None
 
 
 def _log_train_loss(loss: float, epoch: int, index: int, step: int, config: Config, num_train: int, num_steps: int,
@@ -236,9 +281,13 @@ def _load_data(config: Config, dataset: data.MNIST | None) -> tuple[data.MNIST, 
     if dataset is None:  # process 0 first: a TFDS download and the decoded cache are written once
         dataset = parallel.main_process_first("data", lambda: data.load(config.data_dir, config.idx_dir, config.cache_dir))
     data.check_sizes(dataset, config.allow_small_data)
-    if config.batch_size > len(dataset.train_images):
-        raise data.DataError(f"--batch-size {config.batch_size} is larger than the {len(dataset.train_images):,} "
-                             "training images.")
+    num_train = len(split_validation(dataset, config.validation)[0][0])
+    if config.validation and num_train < config.batch_size:
+        raise data.DataError(f"--validation {config.validation} leaves {max(num_train, 0):,} of the "
+                             f"{len(dataset.train_images):,} training images to train on, fewer than one batch "
+                             f"(--batch-size {config.batch_size}).")
+    if config.batch_size > num_train:
+        raise data.DataError(f"--batch-size {config.batch_size} is larger than the {num_train:,} training images.")
     return dataset, data.describe(dataset, config.data_dir, config.idx_dir)
 
 

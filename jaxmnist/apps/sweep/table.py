@@ -1,8 +1,9 @@
 """The sweep's result: per combination, the mean and spread over seeds of its runs' accuracies.
 
 Read from each run's own metrics.jsonl, nothing else: the final epoch's test (and validation)
-accuracy, and those of its best epoch, the one a run's checkpoint keeps: the highest validation
-accuracy when the run has a validation set, else the highest test accuracy; the earlier on a tie.
+accuracy, and those of its best epoch, the one a run's checkpoint keeps (ranking.rank: the highest
+validation accuracy when the run has a validation set, else the highest test accuracy; the earlier
+on a tie).
 Written as summary.md and summary.csv into the sweep's root.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxmnist.apps.sweep.plan import Run, epoch_records
+from jaxmnist.runtime.ranking import rank
 
 # (column, the record's key, final or best epoch); validation columns only where a run has them.
 METRICS = (("final test", "test_accuracy", "final"), ("best test", "test_accuracy", "best"),
@@ -37,10 +39,8 @@ class Row:
 
 
 def best_epoch(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The epoch a run's checkpoint keeps as best: by validation accuracy if the run has a
-    validation set, else by test accuracy; the earliest of equals."""
-    key = "val_accuracy" if "val_accuracy" in records[0] else "test_accuracy"
-    return max(records, key=lambda r: (r[key], -r["epoch"]))
+    """The epoch a run's checkpoint keeps as best, by the checkpoints' own ranking rule."""
+    return max(records, key=rank)
 
 
 def summarize(runs: Sequence[Run], finished: set[Path]) -> list[Row]:
