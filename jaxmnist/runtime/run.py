@@ -64,10 +64,10 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
            stop: StopRequest) -> list[dict[str, Any]]:
     (train_images, train_labels), (val_images, val_labels) = split_validation(dataset, config.validation)
     num_train = len(train_images)
-    num_steps = num_batches(num_train, config.batch_size)  # per epoch
+    steps_per_epoch = num_batches(num_train, config.batch_size)
     model = build_model(config)
     keys = derive_keys(config.seed)
-    state = create_train_state(config, keys.init, num_steps)
+    state = create_train_state(config, keys.init, steps_per_epoch)
     eval_sets = {"test": stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size)}
     if config.validation:
         eval_sets["validation"] = stack_batches(val_images, val_labels, config.eval_batch_size)
@@ -76,41 +76,41 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
                                                                    mesh)
     batch_sharding = parallel.batch_sharded(mesh)
     run_steps = make_runner(config.loop, jax.default_backend(), StepOptions.from_config(config), batch_sharding)
-    schedule = jax.jit(learning_rate_schedule(config, num_steps))  # for the records: one program, not one per op
+    schedule = jax.jit(learning_rate_schedule(config, steps_per_epoch))  # for the records: one program, not one per op
 
     checkpoints = Checkpoints(path / "checkpoints")
     progress = Progress(config.progress and parallel.is_main_process())
     with checkpoints, progress:  # saves reach the disk before the process ends
-        state, totals, step, meta = resume(checkpoints, config, source, mesh.devices.size, state, totals, num_steps)
+        state, totals, step, meta = resume(checkpoints, config, source, mesh.devices.size, state, totals, steps_per_epoch)
         evaluated = "test_accuracy" in meta or not step  # an epoch-end checkpoint holds its epoch's record
         identity = run_identity(config, source, mesh.devices.size)
         _start_records(config, path, metrics, identity, mesh, step, meta, stop)
-        _say_where_it_starts(step, num_steps, config.epochs, evaluated)
-        saver = Saver(checkpoints, identity, num_steps, config.checkpoint_seconds, saved_step=step)
+        _say_where_it_starts(step, steps_per_epoch, config.epochs, evaluated)
+        saver = Saver(checkpoints, identity, steps_per_epoch, config.checkpoint_seconds, saved_step=step)
         best_accuracy = saver.best_accuracy()
         clock = EpochClock(float(jax.device_get(totals.images)))  # a resumed epoch: what it trained before
         records = []
 
         # An epoch whose last step is saved but not yet evaluated is finished first.
-        first_epoch = step // num_steps + 1 if evaluated else math.ceil(step / num_steps)
+        first_epoch = step // steps_per_epoch + 1 if evaluated else math.ceil(step / steps_per_epoch)
         metrics.warn_of_missing_epochs(first_epoch - 1)
         for epoch in range(first_epoch, config.epochs + 1):
             order = parallel.replicate(epoch_order(jax.random.fold_in(keys.shuffle, epoch), num_train, config.batch_size),
                                        mesh)
-            first_index = step - (epoch - 1) * num_steps
+            first_index = step - (epoch - 1) * steps_per_epoch
             progress.start(epoch, num_train, min(first_index * config.batch_size, num_train))
-            for start, end in chunks(first_index, num_steps, config.log_every):
-                saver.between_chunks(stop, step, state, totals, where=_where(epoch, start, num_steps))
+            for start, end in chunks(first_index, steps_per_epoch, config.log_every):
+                saver.between_chunks(stop, step, state, totals, where=_where(epoch, start, steps_per_epoch))
                 with _traced(_profile_dir(config, path, start)) as traced:
                     state, totals, loss = run_steps(state, totals, train_set, order, end - start, keys.augment)
                     traced.append(loss)  # a trace waits for the steps to run, not only to be dispatched
                 step += end - start
                 progress.advance(min(end * config.batch_size, num_train) - min(start * config.batch_size, num_train))
                 if (end - 1) % config.log_every == 0:  # the chunk ends just after a log point: read its loss
-                    _log_train_loss(float(loss), epoch, end - 1, step, config, num_train, num_steps, metrics, saver)
+                    _log_train_loss(float(loss), epoch, end - 1, step, config, num_train, steps_per_epoch, metrics, saver)
             progress.close()
 
-            record = evaluate_epoch(model, epoch, step, state, totals, eval_sets, batch_sharding, schedule, clock)
+            record = epoch_record(model, epoch, step, state, totals, eval_sets, batch_sharding, schedule, clock)
             metrics.write(record)
             records.append(record)
             log.info(epoch_line(record))
@@ -139,15 +139,15 @@ class Saver:
     every `every_seconds` of wall time, and before a stop; never twice for one step. Asked once
     per chunk, between chunks, where the state is whole."""
 
-    def __init__(self, checkpoints: Checkpoints, identity: dict[str, Any], num_steps: int, every_seconds: float,
+    def __init__(self, checkpoints: Checkpoints, identity: dict[str, Any], steps_per_epoch: int, every_seconds: float,
                  saved_step: int):
-        self.checkpoints, self.identity, self.num_steps = checkpoints, identity, num_steps
+        self.checkpoints, self.identity, self.steps_per_epoch = checkpoints, identity, steps_per_epoch
         self.every_seconds = every_seconds
         self.saved_step, self.last_save = saved_step, time.perf_counter()  # what is on disk: the resumed state
 
     def save(self, step: int, state, totals: TrainTotals, record: dict[str, Any] | None = None) -> None:
         counters = {"step": state.step, **totals._asdict()}
-        about = self.identity | {"step": step, "epoch": step // self.num_steps}
+        about = self.identity | {"step": step, "epoch": step // self.steps_per_epoch}
         rank = None
         if record is not None:  # an epoch's end: its accuracies make it a candidate for best (ranking.rank)
             about |= {k: record[k] for k in ("test_accuracy", "correct", "test_loss")} | {"record": record}
@@ -192,7 +192,7 @@ class EpochClock:
         self.images_before = images_before
 
 
-def evaluate_epoch(model, epoch: int, step: int, state, totals: TrainTotals, eval_sets: dict[str, Any], batch_sharding,
+def epoch_record(model, epoch: int, step: int, state, totals: TrainTotals, eval_sets: dict[str, Any], batch_sharding,
                    schedule, clock: EpochClock) -> dict[str, Any]:
     """The epoch's record: its training loss, accuracy and speed, and the loss and accuracy on each
     of eval_sets ("test", and "validation" where the run holds one out)."""
@@ -240,19 +240,19 @@ def _percentage(part, whole) -> float | None:
     return 100.0 * float(part) / float(whole) if math.isfinite(part) and whole > 0 else None
 
 
-def _log_train_loss(loss: float, epoch: int, index: int, step: int, config: Config, num_train: int, num_steps: int,
+def _log_train_loss(loss: float, epoch: int, index: int, step: int, config: Config, num_train: int, steps_per_epoch: int,
                     metrics: MetricsLog, saver: Saver) -> None:
     """The lab's progress line at a log point, its record, and a stop if the loss is not a number."""
-    log.info(train_line(epoch, index, config.batch_size, num_train, num_steps, loss))
+    log.info(train_line(epoch, index, config.batch_size, num_train, steps_per_epoch, loss))
     metrics.write({"kind": "train", "epoch": epoch, "step": step, "loss": loss})
     if not math.isfinite(loss):
         raise TrainingStopped(f"The training loss became {loss} at epoch {epoch}, step {step}; stopped. "
                               + saver.what_is_kept())
 
 
-def _where(epoch: int, index: int, num_steps: int) -> str:
+def _where(epoch: int, index: int, steps_per_epoch: int) -> str:
     """Where a stop before batch index of epoch leaves the run, for its last line."""
-    return f"the end of epoch {epoch - 1}" if index == 0 else f"batch {index} of {num_steps} in epoch {epoch}"
+    return f"the end of epoch {epoch - 1}" if index == 0 else f"batch {index} of {steps_per_epoch} in epoch {epoch}"
 
 
 def _start_records(config: Config, path: Path, metrics: MetricsLog, identity: dict[str, Any], mesh, step: int,
@@ -269,12 +269,12 @@ def _start_records(config: Config, path: Path, metrics: MetricsLog, identity: di
     log.info("Using device: %s", parallel.describe(mesh))
 
 
-def _say_where_it_starts(step: int, num_steps: int, epochs: int, evaluated: bool) -> None:
-    if step >= epochs * num_steps and evaluated:
+def _say_where_it_starts(step: int, steps_per_epoch: int, epochs: int, evaluated: bool) -> None:
+    if step >= epochs * steps_per_epoch and evaluated:
         log.info("This run already finished %d epoch%s; pass more --epochs to continue it, or --restart.",
-                 step // num_steps, "" if step // num_steps == 1 else "s")
+                 step // steps_per_epoch, "" if step // steps_per_epoch == 1 else "s")
     elif step:
-        log.info("Resuming from epoch %d, step %d", step // num_steps + 1, step)
+        log.info("Resuming from epoch %d, step %d", step // steps_per_epoch + 1, step)
 
 
 def _load_data(config: Config, dataset: data.MNIST | None) -> tuple[data.MNIST, data.Source]:
