@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxmnist.config import Config
-from jaxmnist.core.models import MODELS, build_model
+from jaxmnist.core.models import MODELS, build_model, computation_digest
 from jaxmnist.core.models.lab import CNN
 from jaxmnist.core.models.layers import Conv, max_pool, relu, textbook_forms, torch_init
 from jaxmnist.core.models.resnet import ResNet
@@ -173,3 +173,15 @@ def test_the_summary_counts_every_parameter_of_every_model():
         params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
         assert sum(r.parameters for r in rows) == sum(x.size for x in jax.tree.leaves(params)), name
         assert rows[-1].output == (10,)
+
+
+def test_the_computation_digest_names_the_model_not_the_process_settings(monkeypatch):
+    """Training sets --precision process-wide and evaluate does not: both must name one model alike;
+    an edit that keeps every shape must not."""
+    model = build_model(Config())
+    digest = computation_digest(model)
+    with jax.default_matmul_precision("highest"):
+        assert computation_digest(model) == digest
+    assert computation_digest(build_model(Config(dropout=0.3))) == digest  # the recipe's, not the model's
+    monkeypatch.setattr("jaxmnist.core.models.lab.relu", jax.nn.sigmoid)
+    assert computation_digest(build_model(Config())) != digest

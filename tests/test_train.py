@@ -156,7 +156,7 @@ def test_a_backend_that_cannot_start_is_one_line(tmp_path):
 
 
 def test_help_answers_without_loading_jax():
-    script = "import sys; from jaxmnist import train\ntry: train.main(['--help'])\nexcept SystemExit: pass\nprint('jax' in sys.modules)"
+    script = "import sys; from jaxmnist.apps import train\ntry: train.main(['--help'])\nexcept SystemExit: pass\nprint('jax' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().endswith("False")
     for example in ("python -m jaxmnist.train", "python -m jaxmnist.evaluate", "python scripts/plot.py"):

@@ -39,7 +39,9 @@ def computation_digest(model: nn.Module) -> str:
     parameter's shape unchanged, gets another digest. JAX versions may print the same model
     differently, so compare digests made by one JAX version only."""
     image = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
-    with textbook_forms():
-        variables = jax.eval_shape(model.init, jax.random.key(0), image)
+    # The recipe's --precision is set process-wide by training and not by evaluate: trace with
+    # JAX's default, so both name one model alike. Abstract throughout: nothing is compiled.
+    with textbook_forms(), jax.default_matmul_precision(None):
+        variables = jax.eval_shape(lambda images: model.init(jax.random.key(0), images), image)
         program = jax.make_jaxpr(lambda variables, images: model.apply(variables, images))(variables, image)
     return hashlib.sha256(str(program).encode()).hexdigest()[:16]
