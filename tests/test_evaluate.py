@@ -183,7 +183,7 @@ def test_the_committee_command_prints_and_writes_its_report(committee_runs, tmp_
     assert not (workdirs[1] / "eval").exists()  # a committee's report belongs to no member
 
 
-def test_a_member_on_other_data_is_refused_and_nothing_is_written(committee_runs, tmp_path, capsys):
+def test_a_bad_member_is_one_sentence_and_nothing_is_written(committee_runs, tmp_path, capsys):
     (first, _), other, _ = committee_runs
     out = tmp_path / "committee.json"
     line = _one_line_failure(["--workdir", str(first), "--workdir", str(other), "--out", str(out)], capsys)
@@ -192,6 +192,12 @@ def test_a_member_on_other_data_is_refused_and_nothing_is_written(committee_runs
     line = _one_line_failure(["--workdir", str(first), "--workdir", str(tmp_path / "nowhere"), "--out", str(out)], capsys)
     assert line == f"--workdir {tmp_path / 'nowhere'} does not exist."
     assert "is the same run as" in _one_line_failure(["--workdir", str(first), "--workdir", f"{first}/."], capsys)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(first, damaged)
+    step = max(int(p.name) for p in (damaged / "checkpoints").iterdir() if p.name.isdigit())
+    flip_a_parameter_bit(damaged / "checkpoints" / str(step))
+    line = _one_line_failure(["--workdir", str(first), "--workdir", str(damaged), "--step", "latest", "--out", str(out)], capsys)
+    assert f"Checkpoint step {step} in {damaged / 'checkpoints'} is damaged" in line
     assert not out.exists()
 
 
