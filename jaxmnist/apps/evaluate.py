@@ -360,13 +360,13 @@ def _evaluate_and_report(args) -> None:
         return _evaluate_committee_and_report(args, workdirs)
     if args.out is not None:
         raise WorkdirError(f"--out is for a committee (two or more --workdir); the report of one run goes to {workdirs[0]}/eval.")
-    args.workdir = workdirs[0]
-    report = evaluate_checkpoint(args.workdir, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
+    workdir = workdirs[0]
+    report = evaluate_checkpoint(workdir, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
     print_report(report)
     try:
-        log.info("\nWritten to %s", write_report(args.workdir, report))
+        log.info("\nWritten to %s", write_report(workdir, report))
     except OSError as error:  # a read-only workdir: the report above is still whole
-        log.warning("\nThe report was not saved: %s/eval cannot be written (%s).", args.workdir, error.strerror)
+        log.warning("\nThe report was not saved: %s/eval cannot be written (%s).", workdir, error.strerror)
     except WorkdirError as error:
         log.warning("\nThe report was not saved: %s", error)
 
