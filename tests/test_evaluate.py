@@ -177,7 +177,7 @@ def test_the_committee_command_prints_and_writes_its_report(committee_runs, tmp_
     assert errors == "" and [m["workdir"] for m in report["members"]] == [str(w) for w in workdirs]
     for member in report["members"]:
         assert f"{member['correct']:5d}/   30  {member['test_accuracy']:7.2f}%" in printed
-    committee_line = next(line for line in printed.splitlines() if line.startswith("committee (mean of probabilities)"))
+    committee_line = next(line for line in printed.splitlines() if line.startswith("committee "))
     assert committee_line.endswith(f"{report['correct']:5d}/   30  {report['test_accuracy']:7.2f}%")
     assert f"The committee misses {30 - report['correct']} test images" in printed
     assert not (workdirs[1] / "eval").exists()  # a committee's report belongs to no member

@@ -316,14 +316,14 @@ def _print_per_class(per_class: dict[str, dict[str, Any]]) -> None:
 
 def print_committee_report(report: dict[str, Any], step: str) -> None:
     """Each member's accuracy, the committee's, its per-class table and the first of its misses."""
-    width = max(len(member["workdir"]) for member in report["members"])
-    log.info("Committee of %d runs, each at its %s checkpoint, on %s", len(report["members"]),
-             step if step in ("best", "latest") else f"step {step}", report["data"]["name"])
+    width = max(len("committee"), *(len(member["workdir"]) for member in report["members"]))
+    log.info("Committee of %d runs (the mean of their probabilities), each at its %s checkpoint, on %s",
+             len(report["members"]), step if step in ("best", "latest") else f"step {step}", report["data"]["name"])
     log.info("%-*s  %-6s  %6s  %11s  %8s", width, "member", "model", "step", "correct", "accuracy")
     for member in report["members"]:
         log.info("%-*s  %-6s  %6d  %5d/%5d  %7.2f%%", width, member["workdir"], member["model"], member["step"],
                  member["correct"], member["test_images"], member["test_accuracy"])
-    log.info("%-*s  %5d/%5d  %7.2f%%", width + 16, "committee (mean of probabilities)", report["correct"],
+    log.info("%-*s  %-6s  %6s  %5d/%5d  %7.2f%%", width, "committee", "mean", "", report["correct"],
              report["test_images"], report["test_accuracy"])
     _print_per_class(report["per_class"])
     misses = report["misclassified"]
