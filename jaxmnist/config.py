@@ -196,10 +196,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def checkpoint_parser(prog: str, description: str) -> OneLineParser:
-    """The start of every command that uses a trained checkpoint: --workdir and --step."""
+def checkpoint_parser(prog: str, description: str, committee: bool = False) -> OneLineParser:
+    """The start of every command that uses a trained checkpoint: --workdir and --step. With
+    committee, --workdir may be repeated: args.workdir is then a list, None when not given."""
     parser = OneLineParser(prog=prog, description=description)
-    parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
+    if committee:
+        parser.add_argument("--workdir", action="append", help="a training run's workdir (default: runs/mnist); "
+                            "repeat it to evaluate a committee of runs")
+    else:
+        parser.add_argument("--workdir", default="runs/mnist", help="a training run's workdir (default: %(default)s)")
     parser.add_argument("--step", default="best", help="best, latest, or a step number (default: %(default)s)")
     return parser
 

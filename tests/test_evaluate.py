@@ -126,3 +126,91 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     with Checkpoints(tmp_path / "checkpoints") as checkpoints:
         checkpoints.save(1, state, {"step": jnp.int32(1)}, {"epoch": 1, "step": 1, "config": {}}, None)
     assert "belongs to another model (this model has conv1.bias of shape (16,), the checkpoint has no conv1.bias" in _one_line_failure(["--workdir", str(tmp_path), "--step", "latest"], capsys)
+
+
+# Committees: the mean of several runs' probabilities.
+
+@pytest.fixture(scope="module")
+def committee_runs(trained_run, tmp_path_factory):
+    """trained_run and a second member (another seed, the same data), and a run on other data."""
+    from conftest import make_mnist
+
+    workdir, dataset, _ = trained_run
+    second, other = tmp_path_factory.mktemp("seed1"), tmp_path_factory.mktemp("other")
+    run.train_and_evaluate(Config(workdir=str(second), epochs=1, seed=1, eval_batch_size=16, allow_small_data=True), dataset)
+    run.train_and_evaluate(Config(workdir=str(other), epochs=1, eval_batch_size=16, allow_small_data=True), make_mnist(200, 30, seed=1))
+    return [workdir, second], other, dataset
+
+
+def test_a_committee_answers_with_the_mean_of_its_members_probabilities(committee_runs):
+    workdirs, _, dataset = committee_runs
+    # Independently of the committee's code: each member as load_model gives it, on the raw images.
+    members = np.stack([evaluate.load_model(workdir)(dataset.test_images) for workdir in workdirs])
+    assert not np.allclose(members[0], members[1], atol=1e-3)  # two different members, so the mean is not either
+    _, _, probabilities = evaluate.committee_probabilities(evaluate.restore_committee(workdirs), dataset)
+    np.testing.assert_allclose(probabilities, members.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+    report = evaluate.evaluate_committee(workdirs, dataset=dataset)
+    answers, labels = probabilities.argmax(axis=1), dataset.test_labels
+    assert report["correct"] == int((answers == labels).sum()) and report["test_images"] == 30
+    assert report["test_accuracy"] == pytest.approx(100.0 * report["correct"] / 30)
+    assert [m["index"] for m in report["misclassified"]] == sorted(np.flatnonzero(answers != labels).tolist(),
+                                                                   key=lambda i: -probabilities[i, answers[i]])
+    for miss in report["misclassified"]:
+        assert miss["confidence"] == pytest.approx(probabilities[miss["index"], miss["predicted"]], rel=1e-6)
+        assert miss["members"] == members[:, miss["index"]].argmax(axis=1).tolist()
+    assert sum(row["correct"] for row in report["per_class"].values()) == report["correct"]
+    for member, workdir, alone in zip(report["members"], workdirs, members):
+        assert (member["workdir"], member["correct"]) == (str(workdir), int((alone.argmax(axis=1) == labels).sum()))
+
+
+def test_the_committee_command_prints_and_writes_its_report(committee_runs, tmp_path, capsys):
+    from conftest import write_idx
+
+    workdirs, _, dataset = committee_runs
+    idx = write_idx(tmp_path / "idx", dataset)
+    out = tmp_path / "committee.json"
+    argv = ["--idx-dir", str(idx), "--out", str(out)]
+    assert evaluate.main([arg for w in workdirs for arg in ("--workdir", str(w))] + argv) == 0
+    printed, errors = capsys.readouterr()
+    report = json.loads(out.read_text())
+    assert errors == "" and [m["workdir"] for m in report["members"]] == [str(w) for w in workdirs]
+    for member in report["members"]:
+        assert f"{member['correct']:5d}/   30  {member['test_accuracy']:7.2f}%" in printed
+    committee_line = next(line for line in printed.splitlines() if line.startswith("committee "))
+    assert committee_line.endswith(f"{report['correct']:5d}/   30  {report['test_accuracy']:7.2f}%")
+    assert f"The committee misses {30 - report['correct']} test images" in printed
+    assert not (workdirs[1] / "eval").exists()  # a committee's report belongs to no member
+
+
+def test_a_bad_member_is_one_sentence_and_nothing_is_written(committee_runs, tmp_path, capsys):
+    (first, _), other, _ = committee_runs
+    out = tmp_path / "committee.json"
+    line = _one_line_failure(["--workdir", str(first), "--workdir", str(other), "--out", str(out)], capsys)
+    assert f"--workdir {first} was evaluated on" in line and f"--workdir {other} on" in line
+    assert "must answer about the same images" in line
+    line = _one_line_failure(["--workdir", str(first), "--workdir", str(tmp_path / "nowhere"), "--out", str(out)], capsys)
+    assert line == f"--workdir {tmp_path / 'nowhere'} does not exist."
+    assert "is the same run as" in _one_line_failure(["--workdir", str(first), "--workdir", f"{first}/."], capsys)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(first, damaged)
+    step = max(int(p.name) for p in (damaged / "checkpoints").iterdir() if p.name.isdigit())
+    flip_a_parameter_bit(damaged / "checkpoints" / str(step))
+    line = _one_line_failure(["--workdir", str(first), "--workdir", str(damaged), "--step", "latest", "--out", str(out)], capsys)
+    assert f"Checkpoint step {step} in {damaged / 'checkpoints'} is damaged" in line
+    assert not out.exists()
+
+
+def test_one_workdir_prints_and_writes_as_before(trained_run, tmp_path, capsys):
+    from conftest import write_idx
+
+    workdir, dataset, _ = trained_run
+    idx = write_idx(tmp_path / "idx", dataset)
+    assert evaluate.main(["--workdir", str(workdir), "--idx-dir", str(idx)]) == 0
+    printed, errors = capsys.readouterr()
+    report = evaluate.evaluate_checkpoint(workdir, dataset=dataset, idx_dir=str(idx))
+    evaluate.print_report(report)
+    expected = capsys.readouterr().out + f"\nWritten to {workdir / 'eval' / str(report['step'])}.json\n"
+    assert errors == "" and printed == expected and "ommittee" not in printed
+    assert printed.startswith(f"Checkpoint step {report['step']} (epoch {report['epoch']})\nTest Accuracy: ")
+    assert "--out is for a committee" in _one_line_failure(["--workdir", str(workdir), "--out", str(tmp_path / "x")], capsys)

@@ -1,4 +1,5 @@
-"""`python -m jaxmnist.evaluate`: restore a checkpoint and analyse its errors on the test set.
+"""`python -m jaxmnist.evaluate`: restore a checkpoint and analyse its errors on the test set;
+with several --workdir, the same for a committee: the mean of the runs' probabilities.
 
 Uses the same forward-only evaluation as training (loops.evaluate), so the best step's count
 of correct test images is exactly the one its training epoch logged.
@@ -18,10 +19,14 @@ from jaxmnist.config import checkpoint_parser
 from jaxmnist.core.augment import normalize
 from jaxmnist.core.loops import evaluate, stack_batches
 from jaxmnist.core.models import build_model, computation_digest
+from jaxmnist.core.steps import EvalTotals
 from jaxmnist.runtime import data
 from jaxmnist.runtime.checkpoint import CheckpointError, Checkpoints, OtherModel, check_same_computation
 from jaxmnist.runtime.reporting import log, run_command, setup_console
 from jaxmnist.runtime.workdir import WorkdirError, check_path_argument, replace_file
+
+DEFAULT_WORKDIR = "runs/mnist"
+MISSES_SHOWN = 20  # a committee's misses printed; the --out report holds them all
 
 
 def resolve_step(checkpoints: Checkpoints, step: str) -> int:
@@ -185,23 +190,92 @@ def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.M
                         data_dir: str | None = None, idx_dir: str | None = None) -> dict[str, Any]:
     """Evaluate one checkpoint on every test image: the report that write_report saves. dataset
     (with data_dir or idx_dir naming it) replaces the run's own data."""
-    model, variables, meta, number = restore_model(workdir, step)
+    restored = restore_model(workdir, step)
+    meta = restored.meta
     if dataset is None:
         dataset, source = load_run_data(meta, data_dir, idx_dir)
     else:
         source = data.describe(dataset, data_dir, idx_dir)
-    batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, meta["config"].get("eval_batch_size", 500)))
-    totals, probabilities = evaluate(model, variables, batches)
+    totals, probabilities = probabilities_on_test_set(restored, dataset)
     count = int(totals.count)
     return {
-        "step": number, "epoch": meta["epoch"], "correct": int(totals.correct), "test_images": count,
+        "step": restored.step, "epoch": meta["epoch"], "correct": int(totals.correct), "test_images": count,
         "test_accuracy": 100.0 * int(totals.correct) / count, "test_loss": float(totals.loss_sum) / count,
         "logged_correct": meta.get("correct"),
         # Which set ranks the run's checkpoints for "best" (ranking.rank), as its recipe says.
         "chosen_by": "validation" if meta["config"].get("validation") else "test",
         "data": source._asdict(),  # the images that "index" below refers to
         "run_data": meta.get("data"),  # what the run trained and logged on
-        **error_analysis(dataset.test_labels, np.asarray(probabilities)),
+        **error_analysis(dataset.test_labels, probabilities),
+    }
+
+
+def probabilities_on_test_set(restored: RestoredModel, dataset: data.MNIST) -> tuple[EvalTotals, np.ndarray]:
+    """Every test image through a restored model, in its run's evaluation batches: the summed
+    totals and the probabilities [N, 10]."""
+    batch_size = restored.meta["config"].get("eval_batch_size", 500)
+    batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, batch_size))
+    totals, probabilities = evaluate(restored.model, restored.variables, batches)
+    return totals, np.asarray(probabilities)
+
+
+def restore_committee(workdirs: Sequence[str | Path], step: str = "best") -> list[RestoredModel]:
+    """Each run's checkpoint (step applies to each), refused in one sentence unless every run is
+    named once and all recorded the same data: a committee averages answers about the same images."""
+    seen: dict[Path, str | Path] = {}
+    for workdir in workdirs:
+        if Path(workdir).resolve() in seen:
+            raise WorkdirError(f"--workdir {workdir} is the same run as --workdir {seen[Path(workdir).resolve()]}: "
+                               "name each member of a committee once.")
+        seen[Path(workdir).resolve()] = workdir
+    members = [restore_model(workdir, step) for workdir in workdirs]
+    first = members[0].meta.get("data")
+    for workdir, member in zip(workdirs, members):
+        recorded = member.meta.get("data")
+        if recorded is None or first is None:
+            raise data.DataError(f"--workdir {workdir if recorded is None else workdirs[0]} does not record which "
+                                 "data it was evaluated on, so it cannot join a committee.")
+        if recorded["fingerprint"] != first["fingerprint"]:
+            raise data.DataError(f"--workdir {workdirs[0]} was evaluated on {first['name']} (fingerprint "
+                                 f"{first['fingerprint']}) but --workdir {workdir} on {recorded['name']} "
+                                 f"({recorded['fingerprint']}): a committee's members must answer about the same images.")
+    return members
+
+
+def committee_probabilities(members: Sequence[RestoredModel],
+                            dataset: data.MNIST) -> tuple[list[EvalTotals], np.ndarray, np.ndarray]:
+    """Each member's test totals and probabilities [M, N, 10], and the committee's [N, 10]: their
+    mean (the members' models may differ: each answers with a distribution over the same digits)."""
+    evaluated = [probabilities_on_test_set(member, dataset) for member in members]
+    member_probabilities = np.stack([probabilities for _, probabilities in evaluated])
+    return [totals for totals, _ in evaluated], member_probabilities, member_probabilities.mean(axis=0)
+
+
+def evaluate_committee(workdirs: Sequence[str | Path], step: str = "best", dataset: data.MNIST | None = None,
+                       data_dir: str | None = None, idx_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate the committee of several runs on every test image: each member's accuracy, the
+    committee's, its per-class accuracy and the images it misses, each with every member's answer.
+    dataset (with data_dir or idx_dir naming it) replaces the runs' own data."""
+    members = restore_committee(workdirs, step)
+    if dataset is None:
+        dataset, source = load_run_data(members[0].meta, data_dir, idx_dir)  # the same data as every member's
+    else:
+        source = data.describe(dataset, data_dir, idx_dir)
+    member_totals, member_probabilities, probabilities = committee_probabilities(members, dataset)
+    labels, count = dataset.test_labels, len(dataset.test_labels)
+    correct = int((probabilities.argmax(axis=1) == labels).sum())
+    analysis = error_analysis(labels, probabilities)
+    member_answers = member_probabilities.argmax(axis=2)  # [M, N]
+    for miss in analysis["misclassified"]:
+        miss["members"] = member_answers[:, miss["index"]].tolist()
+    return {
+        "members": [{"workdir": str(workdir), "model": member.meta["config"].get("model", "lab"), "step": member.step,
+                     "epoch": member.meta["epoch"], "correct": int(totals.correct), "test_images": int(totals.count),
+                     "test_accuracy": 100.0 * int(totals.correct) / int(totals.count)}
+                    for workdir, member, totals in zip(workdirs, members, member_totals)],
+        "correct": correct, "test_images": count, "test_accuracy": 100.0 * correct / count,
+        "data": source._asdict(),  # the images that "index" below refers to
+        **analysis,  # of the committee's answers; each misclassified image also has every member's answer
     }
 
 
@@ -234,9 +308,7 @@ def print_report(report: dict[str, Any]) -> None:
     elif report["logged_correct"] is not None and report["logged_correct"] != report["correct"]:
         log.warning("Training logged %d correct for this checkpoint, on the same images: the arithmetic differs "
                     "(another JAX version, JAX_ENABLE_X64, another device).", report["logged_correct"])
-    log.info("\nclass  correct / total  accuracy")
-    for c, row in report["per_class"].items():
-        log.info("%5s  %7d / %5d  %7.2f%%", c, row["correct"], row["total"], row["accuracy"])
+    _print_per_class(report["per_class"])
     log.info("\nconfusion matrix (rows: true, columns: predicted)")
     log.info("      " + "".join(f"{p:>6d}" for p in range(10)))
     for t, row in enumerate(report["confusion_matrix"]):
@@ -246,12 +318,45 @@ def print_report(report: dict[str, Any]) -> None:
         log.info("  %d -> %d: %d", entry["true"], entry["predicted"], entry["count"])
 
 
+def _print_per_class(per_class: dict[str, dict[str, Any]]) -> None:
+    log.info("\nclass  correct / total  accuracy")
+    for c, row in per_class.items():
+        log.info("%5s  %7d / %5d  %7.2f%%", c, row["correct"], row["total"], row["accuracy"])
+
+
+def print_committee_report(report: dict[str, Any], step: str) -> None:
+    """Each member's accuracy, the committee's, its per-class table and the first of its misses."""
+    width = max(len("committee"), *(len(member["workdir"]) for member in report["members"]))
+    log.info("Committee of %d runs (the mean of their probabilities), each at its %s checkpoint, on %s",
+             len(report["members"]), step if step in ("best", "latest") else f"step {step}", report["data"]["name"])
+    log.info("%-*s  %-6s  %6s  %11s  %8s", width, "member", "model", "step", "correct", "accuracy")
+    for member in report["members"]:
+        log.info("%-*s  %-6s  %6d  %5d/%5d  %7.2f%%", width, member["workdir"], member["model"], member["step"],
+                 member["correct"], member["test_images"], member["test_accuracy"])
+    log.info("%-*s  %-6s  %6s  %5d/%5d  %7.2f%%", width, "committee", "mean", "", report["correct"],
+             report["test_images"], report["test_accuracy"])
+    _print_per_class(report["per_class"])
+    misses = report["misclassified"]
+    shown = "" if not misses else ", surest first:" if len(misses) <= MISSES_SHOWN else f"; the {MISSES_SHOWN} it is surest of:"
+    log.info("\nThe committee misses %d test images%s", len(misses), shown or ".")
+    if misses:
+        log.info("index  true  answer  probability  members' answers")
+    for miss in misses[:MISSES_SHOWN]:
+        log.info("%5d  %4d  %6d  %11.4f  %s", miss["index"], miss["true"], miss["predicted"], miss["confidence"],
+                 " ".join(str(answer) for answer in miss["members"]))
+    if len(misses) > MISSES_SHOWN:
+        log.info("... and %d more.", len(misses) - MISSES_SHOWN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, evaluate, print; every expected failure is one line and exit 1."""
     parser = checkpoint_parser(prog="python -m jaxmnist.evaluate", description="Restore a checkpoint and analyse its "
-                           "errors on the 10,000 test images.")
+                               "errors on the 10,000 test images; with several --workdir, the committee of those "
+                               "runs (the mean of their probabilities).", committee=True)
     parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's own data source)")
     parser.add_argument("--idx-dir", default=None, help="read the MNIST IDX files from here instead of TFDS")
+    parser.add_argument("--out", default=None, help="a committee's report as JSON, written to this file (default: "
+                        "printed only; one run's report always goes to its eval/ folder)")
     args = parser.parse_args(argv)
     setup_console()
     return run_command(lambda: _evaluate_and_report(args))
@@ -260,11 +365,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _evaluate_and_report(args) -> None:
     check_path_argument("--data-dir", args.data_dir)
     check_path_argument("--idx-dir", args.idx_dir)
-    report = evaluate_checkpoint(args.workdir, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
+    workdirs = args.workdir or [DEFAULT_WORKDIR]
+    if len(workdirs) > 1:
+        return _evaluate_committee_and_report(args, workdirs)
+    if args.out is not None:
+        raise WorkdirError(f"--out is for a committee (two or more --workdir); the report of one run goes to {workdirs[0]}/eval.")
+    workdir = workdirs[0]
+    report = evaluate_checkpoint(workdir, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
     print_report(report)
     try:
-        log.info("\nWritten to %s", write_report(args.workdir, report))
+        log.info("\nWritten to %s", write_report(workdir, report))
     except OSError as error:  # a read-only workdir: the report above is still whole
-        log.warning("\nThe report was not saved: %s/eval cannot be written (%s).", args.workdir, error.strerror)
+        log.warning("\nThe report was not saved: %s/eval cannot be written (%s).", workdir, error.strerror)
     except WorkdirError as error:
         log.warning("\nThe report was not saved: %s", error)
+
+
+def _evaluate_committee_and_report(args, workdirs: list[str]) -> None:
+    out = _check_out(args.out)  # before the work, so a bad --out costs nothing
+    report = evaluate_committee(workdirs, args.step, data_dir=args.data_dir, idx_dir=args.idx_dir)
+    print_committee_report(report, args.step)
+    if out is not None:
+        try:
+            replace_file(out, json.dumps(report, indent=1) + "\n")
+        except OSError as error:
+            raise WorkdirError(f"--out {out} cannot be written ({error.strerror}); the report above is whole.") from None
+        log.info("\nWritten to %s", out)
+
+
+def _check_out(out: str | None) -> Path | None:
+    """The committee report's file: None when not asked for; refused in one sentence unless it is
+    a file (new or old) in a folder that exists."""
+    check_path_argument("--out", out)
+    if out is None or not out.strip():
+        return None
+    path = Path(out)
+    if path.is_dir():
+        raise WorkdirError(f"--out {out} is a folder; name the file the committee's report should go to.")
+    if not path.parent.is_dir():
+        raise WorkdirError(f"--out {out}: the folder {path.parent} does not exist.")
+    return path
