@@ -212,5 +212,5 @@ def test_one_workdir_prints_and_writes_as_before(trained_run, tmp_path, capsys):
     evaluate.print_report(report)
     expected = capsys.readouterr().out + f"\nWritten to {workdir / 'eval' / str(report['step'])}.json\n"
     assert errors == "" and printed == expected and "ommittee" not in printed
-    assert printed.startswith(f"Checkpoint step {report['step']} (epoch {report['epoch']})\nTest Accuracy: ")
+    assert printed.startswith(f"Checkpoint step {report['step']} (epoch {report['epoch']})\n") and "\nTest Accuracy: " in printed
     assert "--out is for a committee" in _one_line_failure(["--workdir", str(workdir), "--out", str(tmp_path / "x")], capsys)

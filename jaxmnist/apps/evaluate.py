@@ -21,7 +21,12 @@ from jaxmnist.core.loops import evaluate, stack_batches
 from jaxmnist.core.models import build_model, computation_digest
 from jaxmnist.core.steps import EvalTotals
 from jaxmnist.runtime import data
-from jaxmnist.runtime.checkpoint import CheckpointError, Checkpoints, OtherModel, check_same_computation
+from jaxmnist.runtime.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    OtherModel,
+    check_same_computation,
+)
 from jaxmnist.runtime.reporting import log, run_command, setup_console
 from jaxmnist.runtime.workdir import WorkdirError, check_path_argument, replace_file
 
