@@ -48,7 +48,7 @@ class Config:
     """One training run. The defaults are the lab's recipe."""
 
     # --- the recipe ------------------------------------------------------------------------------
-    model: str = _recipe("lab", "the network (jaxmnist/models): lab (the lab's two-conv CNN) or resnet (a small "
+    model: str = _recipe("lab", "the network (jaxmnist/core/models): lab (the lab's two-conv CNN) or resnet (a small "
                          "residual network with BatchNorm)", "{lab,resnet}", choices=MODEL_NAMES)
     epochs: int = _recipe(5, "passes over the 60,000 training images", "N")
     validation: int = _recipe(0, "hold out the last N training images (the same ones whatever the seed) as a validation "

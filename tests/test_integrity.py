@@ -176,6 +176,22 @@ def test_a_changed_model_is_named_and_the_old_run_left_byte_identical(workdir, i
     assert _files(workdir) == before and not (workdir / "damaged-checkpoints").exists()
 
 
+def test_a_model_with_other_parameters_is_named_by_its_first_differing_parameter(workdir, idx_dir, monkeypatch, capsys):
+    """The code's model really edited (here: the lab's name now builds the resnet): both the shapes and
+    the computation differ, and the sentence names the parameter, not only "computes something else"."""
+    from jaxmnist.core.models import MODELS
+    from jaxmnist.core.models.resnet import ResNet
+
+    monkeypatch.setitem(MODELS, "lab", lambda recipe: ResNet())
+    before = _files(workdir)
+    assert _train(idx_dir, workdir, "--epochs", "3") == 1
+    line = _one_error_line(capsys)
+    assert "belongs to another model (this model has " in line and "every parameter has the shape" not in line
+    assert evaluate.main(["--workdir", str(workdir), "--idx-dir", str(idx_dir)]) == 1
+    assert "belongs to another model (this model has " in _one_error_line(capsys)
+    assert _files(workdir) == before
+
+
 def test_a_metrics_file_cut_short_is_named_and_training_goes_on(workdir, idx_dir, capsys):
     path = workdir / "metrics.jsonl"
     path.write_text("".join(line + "\n" for line in path.read_text().splitlines()

@@ -48,6 +48,7 @@ def resume(checkpoints: Checkpoints, config: Config, source: data.Source, num_de
         try:
             meta = checkpoints.meta(step)
             _check_same_run(meta, config, source, num_devices)
+            checkpoints.check_model(step, state.params)  # first: the difference in shapes names a parameter
             check_same_computation(meta, digest, f"Checkpoint step {step} in {checkpoints.directory}")
             state, progress, _ = checkpoints.restore(step, state, template)
         except OtherModel as error:
