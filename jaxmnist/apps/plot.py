@@ -39,7 +39,7 @@ from jaxmnist.core.loops import epoch_order  # noqa: E402
 from jaxmnist.core.steps import derive_keys, split_step_key  # noqa: E402
 from jaxmnist.errors import UserError  # noqa: E402
 from jaxmnist.runtime import data  # noqa: E402
-from jaxmnist.runtime.checkpoint import Checkpoints  # noqa: E402
+from jaxmnist.runtime.checkpoint import Checkpoints, OtherModel  # noqa: E402
 from jaxmnist.runtime.ranking import chosen_by, rank  # noqa: E402
 from jaxmnist.runtime.run import split_validation  # noqa: E402
 from jaxmnist.runtime.reporting import MetricsLog, quiet_libraries  # noqa: E402
@@ -67,6 +67,7 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
     validation accuracy with the best epoch marked (by the set that chose it), and learning rate."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     (loss_ax, test_loss_ax), (accuracy_ax, lr_ax) = axes
+    last_epoch, validation = 1, False
     for workdir, name in zip(workdirs, run_labels(workdirs) if len(workdirs) > 1 else [None] * len(workdirs)):
         metrics = MetricsLog(workdir / "metrics.jsonl")
         points, epochs = metrics.records("train"), metrics.records("epoch")
@@ -74,6 +75,7 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
         line = loss_ax.plot([p["step"] / steps_per_epoch for p in points], [p["loss"] for p in points],
                             alpha=0.45, lw=1, label=f"{name}: batch" if name else "one batch (log points)")[0]
         x = [e["epoch"] for e in epochs]
+        last_epoch, validation = max([last_epoch, *x]), validation or any("val_loss" in e for e in epochs)
         loss_ax.plot(x, [e["train_loss"] for e in epochs], "o-", color=line.get_color(),
                      label=f"{name}: epoch mean" if name else "epoch mean")
         colour = None  # overlaid runs: one colour per run, one line style per set; one run: a colour per set
@@ -89,7 +91,8 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
             _mark_best(accuracy_ax, epochs, colour or "gold", name)
         lr_ax.step(x, [e["lr"] for e in epochs], "o-", where="mid", label=name)
     loss_ax.set(title="Training loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
-    test_loss_ax.set(title="Test and validation loss (unrotated images)", xlabel="epoch", ylabel="cross-entropy")
+    test_loss_ax.set(title=f"Test{' and validation' if validation else ''} loss (unrotated images)", xlabel="epoch",
+                     ylabel="cross-entropy")
     accuracy_ax.set(title="Accuracy (training: the augmented images trained on)", xlabel="epoch", ylabel="accuracy (%)")
     accuracy_ax.axhline(99.05, color="grey", ls=":", lw=1, label="the lab: 99.05%")
     lr_ax.set(title="Learning rate", xlabel="epoch", ylabel="Adam learning rate", yscale="log")
@@ -98,16 +101,17 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlim(0 if ax is loss_ax else 0.5, last_epoch + 0.5)  # whole epochs, also for a run of one
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=90)
     plt.close(fig)
 
 
 def _mark_best(ax, epochs: list[dict], colour, name: str | None) -> None:
-    """A star on the best epoch's test accuracy, saying which set chose it (ranking.rank's rule)."""
+    """A star on the best epoch, at the accuracy of the set that chose it (ranking.rank's rule)."""
     best = max(epochs, key=rank)
-    chosen_on, _ = chosen_by(best)
-    ax.plot(best["epoch"], best["test_accuracy"], "*", ms=14, color=colour, markeredgecolor="black",
+    chosen_on, accuracy = chosen_by(best)
+    ax.plot(best["epoch"], accuracy, "*", ms=14, color=colour, markeredgecolor="black",
             label=f"{name + ': ' if name else ''}best: epoch {best['epoch']}, chosen by {chosen_on} accuracy")
 
 
@@ -218,8 +222,8 @@ def plot_confusion(report: dict, out: Path) -> None:
                 ax.text(p, t, matrix[t, p], ha="center", va="center", fontsize=8, color=colour,
                         weight="bold" if t == p or dark else None)
     ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
-           title=f"Confusion matrix, step {report['step']}{_chosen(report)}: {report['correct']}/{report['test_images']} "
-                 "test images correct\n(colour: mistakes only; green: correct counts)")
+           title=f"Confusion matrix, step {report['step']}{_chosen(report)}\n{report['correct']}/{report['test_images']} "
+                 "test images correct (colour: mistakes only; green: correct counts)")
     fig.colorbar(image, ax=ax, label="misclassified images")
     fig.tight_layout()
     fig.savefig(out / "confusion.png", dpi=90)
@@ -299,11 +303,14 @@ def draw(args: argparse.Namespace) -> Path:
     for workdir in workdirs:
         if not (workdir / "metrics.jsonl").is_file():
             raise UserError(f"{workdir} has no metrics.jsonl: is it a jaxmnist workdir?")
-    # The figures of the best checkpoint describe its model: one sentence, before any figure is
-    # written, when this code's model is no longer the one that trained it.
-    restore_model(workdirs[0], "best")
     out = _output_folder(Path(args.out) if args.out else workdirs[0] / "plots")
-    plot_curves(workdirs, out)
+    plot_curves(workdirs, out)  # metrics.jsonl alone: whatever the code's model is now
+    # The other figures describe the best checkpoint's model: one sentence, before any of them is
+    # written, when this code's model is no longer the one that trained it.
+    try:
+        restore_model(workdirs[0], "best")
+    except OtherModel as error:
+        raise OtherModel(f"{error} Only {out / 'curves.png'} was drawn: it needs no model.") from None
 
     # The per-image figures describe the first run's best checkpoint, on the data it trained on.
     workdir = workdirs[0]
