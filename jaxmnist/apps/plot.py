@@ -100,7 +100,7 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)  # one epoch: one tick, not 0.6-1.4
         ax.set_xlim(0 if ax is loss_ax else 0.5, last_epoch + 0.5)  # whole epochs, also for a run of one
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=90)
@@ -145,7 +145,7 @@ def plot_sweep(root: Path, out: Path) -> None:
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set(title=SWEEP_CURVES[curve], xlabel="epoch")
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)  # one epoch: one tick, not 0.6-1.4
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{root}: mean over seeds, band +-1 std")
     fig.tight_layout()
