@@ -311,3 +311,19 @@ def test_a_reading_below_half_a_chance_says_it_is_unsure(tmp_path, monkeypatch, 
     assert clear.startswith("clear.png: 1  (1: 90.0%") and "unsure" not in clear
     assert predict.main(["--workdir", str(tmp_path), "--json", "odd.png", "clear.png"]) == 0
     assert [json.loads(line)["unsure"] for line in capsys.readouterr().out.splitlines()] == [True, False]
+
+
+def test_a_page_lit_unevenly_gives_the_digit_an_even_page_gives():
+    """A lamp to one side darkens half the paper: that half is paper, not ink (the border's
+    median alone took it for ink, and a 2 was read as a 6)."""
+    from PIL import ImageDraw
+
+    page = Image.new("L", (300, 300), 235)
+    ImageDraw.Draw(page).line([(90, 80), (210, 80), (130, 230)], fill=30, width=16)  # a 7
+    even = np.asarray(page, np.float32)
+    lamp = even * np.linspace(0.45, 1.0, 300, dtype=np.float32)[None, :]  # dark on the left
+    shadow = even * np.where(np.arange(300) < 70, 0.55, 1.0).astype(np.float32)[None, :]  # a strip in shadow
+    expected = prepare_digit(even.astype(np.uint8)).astype(float)
+    for lit in (lamp, shadow):
+        prepared = prepare_digit(lit.astype(np.uint8)).astype(float)
+        assert np.abs(prepared - expected).mean() / 255 < 0.02  # the old reading: 0.13 off, a line for a shadow

@@ -9,7 +9,7 @@ read as a photo viewer shows them (jaxmnist.apps.picture); Pillow resamples; not
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from jaxmnist.apps.picture import BadPicture, as_shown
 
@@ -26,14 +26,16 @@ class NotADigit(BadPicture):
 def prepare_digit(picture: Image.Image | np.ndarray) -> np.ndarray:
     """A digit in any size, colour or polarity -> uint8 [28, 28], white on black, MNIST-style.
 
-    Grey; inverted when the paper is lighter than the ink; cropped to the ink; scaled so that the
+    Grey; the paper's own brightness taken away (evened out where the page is lit unevenly);
+    inverted when the paper is lighter than the ink; cropped to the ink; scaled so that the
     longer side is 20 pixels (Pillow's antialiasing filter); placed on a black 28x28 square with its
     centre of mass at the centre. A picture without ink raises NotADigit.
     """
     grey = _as_grey(picture)  # float [H, W], 0 black .. 1 white
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    paper = float(np.median(border))
-    ink = grey - paper if paper < 0.5 else paper - grey  # brightness of the ink above the paper
+    paper = _paper(grey)
+    ink = grey - paper if np.median(paper) < 0.5 else paper - grey  # brightness of the ink above the paper
+    if np.ndim(paper) and np.median(paper) >= 0.5:  # lit unevenly: ink as a share of its paper's light,
+        ink = ink / np.maximum(paper, 0.05)          # which the lamp does not change
     ink = np.clip(ink, 0.0, None)
     if ink.max() < 0.1:
         raise NotADigit("has no ink: a blank page, or a digit too faint to see")
@@ -46,6 +48,33 @@ def prepare_digit(picture: Image.Image | np.ndarray) -> np.ndarray:
     small = np.asarray(Image.fromarray(ink.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS))
     small = np.clip(small, 0.0, 1.0)
     return _centre_of_mass_on_field(small)
+
+
+UNEVEN = 0.1  # a border whose brightness varies more than this across the picture is lit unevenly
+WORKING = 100  # pixels on the longer side at which the paper of an unevenly lit page is estimated
+WIDER_THAN_A_STROKE = 21  # of those: a window no stroke fills (a digit's strokes are 5-15% of it)
+
+
+def _paper(grey: np.ndarray) -> np.ndarray | float:
+    """The paper's brightness under each pixel. On an evenly lit page, the median of the picture's
+    border (where the digit is not). Where the light varies across the page (a lamp to one side, a
+    shadow), the picture with its strokes filled in: a morphological closing (opening, for light
+    ink on dark paper) over windows wider than a stroke, which keeps the edge of a shadow where it
+    is, so that the darker part of the paper is not taken for ink."""
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if np.percentile(border, 95) - np.percentile(border, 5) < UNEVEN:
+        return float(np.median(border))
+    height, width = grey.shape
+    scale = WORKING / max(height, width)
+    small = Image.fromarray(np.round(grey * 255).astype(np.uint8)).resize(
+        (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
+    grow, shrink = ImageFilter.MaxFilter(WIDER_THAN_A_STROKE), ImageFilter.MinFilter(WIDER_THAN_A_STROKE)
+    light_paper = np.median(border) >= 0.5
+    filled = small.filter(grow).filter(shrink) if light_paper else small.filter(shrink).filter(grow)
+    # One working pixel more of the darker (lighter) side, so that scaling back up, which blurs a
+    # shadow's edge, never lifts the paper above its own dark side there: that would be ink.
+    filled = filled.filter(ImageFilter.MinFilter(3) if light_paper else ImageFilter.MaxFilter(3))
+    return np.asarray(filled.resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255.0
 
 
 def _as_grey(picture: Image.Image | np.ndarray) -> np.ndarray:
