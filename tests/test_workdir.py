@@ -282,3 +282,12 @@ def test_a_dangling_link_as_workdir_is_named_as_such(tmp_path, capsys):
     with pytest.raises(WorkdirError, match=r"is a symbolic link to .*gone, which does not exist; create that folder"):
         check_workdir(str(tmp_path / "run"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_folder_whose_config_json_is_someone_elses_is_not_a_run(tmp_path):
+    """A web app's config.json with a "versions" key: refused, never overwritten nor --restart'ed away."""
+    (tmp_path / "myproj").mkdir()
+    (tmp_path / "myproj" / "config.json").write_text('{"name": "my webapp", "versions": {"node": "18"}}')
+    (tmp_path / "myproj" / "metrics.jsonl").write_text("")
+    with pytest.raises(WorkdirError, match="holds files that are not a jaxmnist run"):
+        check_workdir(str(tmp_path / "myproj"))

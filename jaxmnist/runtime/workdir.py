@@ -133,12 +133,20 @@ def is_run(path: Path) -> bool:
     from before the marker) its checkpoints hold a run's meta item."""
     try:
         record = json.loads((path / "config.json").read_text())
-        if isinstance(record, dict) and (record.get("written_by") == RUN_MARKER["written_by"] or "versions" in record):
+        if isinstance(record, dict) and (record.get("written_by") == RUN_MARKER["written_by"] or _older_run(record)):
             return True
     except (OSError, ValueError):
         pass
     checkpoints = path / "checkpoints"
     return checkpoints.is_dir() and any((step / "meta").is_dir() for step in checkpoints.iterdir() if step.name.isdigit())
+
+
+def _older_run(record: dict) -> bool:
+    """A config.json jaxmnist wrote before its marker: its library versions and its recipe, not just
+    any file with a "versions" key (a web app's own config.json must never be taken for a run)."""
+    versions, config = record.get("versions"), record.get("config")
+    return (isinstance(versions, dict) and "jax" in versions and "optax" in versions
+            and isinstance(config, dict) and {"batch_size", "lr", "epochs"} <= config.keys())
 
 
 def _only_empty_leftovers(path: Path) -> bool:
