@@ -11,6 +11,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from jaxmnist.runtime.stopping import exit_code, stop_on_signals
+
 COMMANDS = {
     "train": "train the lab's CNN (or --model resnet), test it after every epoch, keep the best; resumes",
     "evaluate": "restore a checkpoint and analyse its errors on the test set",
@@ -21,6 +23,9 @@ COMMANDS = {
     "summary": "a model's layers: output shapes, parameters, multiply-adds (--model lab|resnet)",
     "sweep": "run every combination of seeds and flags as ordinary runs, then a table of mean +- std",
 }
+
+# Commands that handle Ctrl-C themselves and answer --help before JAX loads: run() imports no JAX for them.
+LIGHT = ("train", "sweep")
 
 USAGE = "usage: jaxmnist {" + ",".join(COMMANDS) + "} [FLAGS]   (jaxmnist COMMAND --help: its flags)"
 
@@ -42,14 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(command: str, argv: Sequence[str] | None = None) -> int:
     """Run a command's main (jaxmnist/apps/<command>.py, or apps/sweep/command.py) on argv, by
-    default the process's own. Its module is imported here, so Ctrl-C while JAX or Matplotlib
-    loads ends as it does later: "Stopped." and status 130, not a traceback."""
+    default the process's own. Its module (and JAX, for the commands that need it) is imported
+    here, so Ctrl-C while they load ends as it does later: "Stopped." and status 130, not a
+    traceback, a crash or a command that goes on."""
     module = "jaxmnist.apps.sweep.command" if command == "sweep" else f"jaxmnist.apps.{command}"
-    try:
+    # An interrupt inside an extension's initialisation (JAX's) is not a KeyboardInterrupt: it breaks
+    # the import, or is lost. So Ctrl-C and SIGTERM wait until the loading is done, then stop it.
+    with stop_on_signals() as stop:
         main_of_command = importlib.import_module(module).main
-    except KeyboardInterrupt:
+        if command not in LIGHT:
+            importlib.import_module("jax")  # the work would load it first thing
+    if stop.signal:
         print("Stopped.", file=sys.stderr)
-        return 130
+        return exit_code(stop.signal)
     return main_of_command(argv)
 
 
