@@ -202,6 +202,17 @@ def test_a_metrics_file_cut_short_is_named_and_training_goes_on(workdir, idx_dir
     assert [r["epoch"] for r in MetricsLog(path).records("epoch")] == [2, 3]
 
 
+def test_a_metrics_line_edited_by_hand_is_named_not_a_traceback(workdir, idx_dir, capsys):
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace('"step": ', '"step": "').replace(', "loss"', '", "loss"', 1)  # "step": "6"
+    path.write_text("\n".join(lines) + "\n")
+    before = _files(workdir)
+    assert _train(idx_dir, workdir, "--epochs", "3") == 1
+    assert _one_error_line(capsys) == f"{path} is damaged at line 2; fix or delete that line."
+    assert _files(workdir) == before
+
+
 def test_a_model_changed_without_changing_any_shape_is_named_too(workdir, idx_dir, monkeypatch, capsys):
     """relu -> sigmoid keeps every parameter's shape: resume and evaluate still refuse the old run's
     checkpoints in one sentence, and the run is left byte-identical."""
@@ -225,6 +236,14 @@ def test_a_path_the_locale_cannot_decode_is_refused_before_anything_is_written(i
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "cannot be used under this locale" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    here = tmp_path / "r\u00fcn-here"  # the flag plain ASCII, the current folder not
+    here.mkdir()
+    relative = subprocess.run([sys.executable, "-m", "jaxmnist.train", "--idx-dir", str(idx_dir), "--workdir", "run",
+                               "--allow-small-data", "--cache-dir", ""], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C", "PYTHONPATH": str(Path(__file__).parents[1])},
+                              cwd=here)
+    assert relative.returncode == 1 and "cannot be used under this locale" in relative.stderr
+    assert list(here.iterdir()) == []
 
 
 def test_epochs_below_the_checkpoint_are_refused(workdir, idx_dir, capsys):

@@ -291,3 +291,14 @@ def test_a_folder_whose_config_json_is_someone_elses_is_not_a_run(tmp_path):
     (tmp_path / "myproj" / "metrics.jsonl").write_text("")
     with pytest.raises(WorkdirError, match="holds files that are not a jaxmnist run"):
         check_workdir(str(tmp_path / "myproj"))
+
+
+def test_a_workdir_too_long_for_the_files_a_run_writes_is_refused_before_training(tmp_path):
+    """Under the system's path limit itself, but not with a checkpoint's own path added: refused at
+    once, not after an epoch whose save then fails."""
+    deep = tmp_path
+    while len(str(deep)) < 4096 - 150:
+        deep = deep / ("d" * 200)
+    with pytest.raises(WorkdirError, match=r"characters long; the files a run writes inside it need about 200 more"):
+        check_workdir(str(deep)[:4096 - 150])
+    assert list(tmp_path.iterdir()) == []

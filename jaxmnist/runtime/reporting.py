@@ -149,7 +149,7 @@ class MetricsLog:
         for number, line in enumerate(lines, 1):
             try:
                 record = json.loads(line)
-                if not (isinstance(record, dict) and "kind" in record and "step" in record):
+                if not _is_record(record):
                     raise ValueError("not a record")
                 records.append(record)
             except ValueError:
@@ -157,6 +157,13 @@ class MetricsLog:
                     raise MetricsError(f"{self.path} is damaged at line {number}; fix or delete that line.") from None
                 log.warning("%s ends in a torn line (a run killed while writing it); it is ignored.", self.path)
         return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def _is_record(record: Any) -> bool:
+    """What every line of metrics.jsonl holds: its kind, and its epoch and step as whole numbers
+    (a line edited by hand into "step": "6" is damage, not a record to compare with numbers)."""
+    return (isinstance(record, dict) and isinstance(record.get("kind"), str)
+            and all(type(record.get(key)) is int for key in ("epoch", "step")))
 
 
 class MetricsError(UserError):

@@ -32,6 +32,11 @@ RUN_OUTPUTS = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "tensorboa
 _DEFAULTS = Config().recipe_dict()  # what a run recorded before a setting existed meant
 
 
+# Characters the deepest file of a run adds below its workdir, with room to spare: an Orbax save's
+# checkpoints/<step>.orbax-checkpoint-tmp-<time>/opt_state/ocdbt.process_0/d/<32 hex digits>.
+DEEPEST_FILE = 200
+
+
 class WorkdirError(UserError):
     """The workdir cannot be used; the message is one sentence for the user."""
 
@@ -42,6 +47,12 @@ def check_workdir(workdir: str) -> Path:
     Writes nothing: it is called before the data is loaded, so a refused run changes no file.
     """
     path = Path(workdir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    limit = os.pathconf(existing, "PC_PATH_MAX") if existing.is_dir() else 4096
+    if len(os.fsencode(path)) + DEEPEST_FILE > limit:  # else an epoch trains, then its save fails
+        raise WorkdirError(f"--workdir {_shown(workdir)} is {len(os.fsencode(path)):,} characters long; the files a run "
+                           f"writes inside it need about {DEEPEST_FILE} more, and the system allows {limit:,}: choose a "
+                           "shorter path.")
     if path.is_symlink() and not path.exists():
         raise WorkdirError(f"--workdir {workdir} is a symbolic link to {os.readlink(path)}, which does not exist; "
                            "create that folder, or give another --workdir.")
@@ -78,9 +89,9 @@ def check_path_argument(flag: str, value: str | None, required: bool = False) ->
         return
     value = str(value)
     try:
-        value.encode("utf-8")
+        os.path.abspath(value).encode("utf-8")  # the current folder's name too, for a relative path
     except UnicodeEncodeError:  # bytes this locale cannot decode, kept as surrogates by Python
-        readable = os.fsencode(value).decode("utf-8", errors="replace")
+        readable = os.fsencode(os.path.abspath(value)).decode("utf-8", errors="replace")
         raise WorkdirError(f"{flag} {readable} cannot be used under this locale ({sys.getfilesystemencoding()}): "
                            "Orbax cannot write the name; run with a UTF-8 locale (LC_ALL=C.UTF-8, or PYTHONUTF8=1), "
                            "or choose an ASCII path.") from None
@@ -89,8 +100,12 @@ def check_path_argument(flag: str, value: str | None, required: bool = False) ->
     except (FileNotFoundError, NotADirectoryError):
         pass
     except OSError as error:
-        shown = value if len(value) <= 80 else f"{value[:60]}...({len(value)} characters)"
-        raise WorkdirError(f"{flag} {shown} cannot be used ({error.strerror}).") from None
+        raise WorkdirError(f"{flag} {_shown(value)} cannot be used ({error.strerror}).") from None
+
+
+def _shown(value: str) -> str:
+    """A path as a message shows it: whole up to 80 characters, else its start and its length."""
+    return value if len(value) <= 80 else f"{value[:60]}...({len(value)} characters)"
 
 
 def replace_file(path: Path, content: str | bytes) -> None:
