@@ -152,7 +152,9 @@ def compare_with_torch(args, workdir: Path) -> dict:
     for repeat in range(args.repeats):
         jax_workdir = workdir / f"jax-{repeat}"
         source = ["--data-dir", args.data_dir] if args.data_dir else ["--idx-dir", args.idx_dir]
-        jax_seconds, _ = _timed(train_command(*source, "--epochs", str(args.epochs or 5), "--workdir", str(jax_workdir)),
+        # --cold-cache: an empty cache for each run (no compiled programs, no decoded MNIST), as a first run has.
+        cache = ["--cache-dir", str(workdir / f"cache-{repeat}")] if args.cold_cache else []
+        jax_seconds, _ = _timed(train_command(*source, *cache, "--epochs", str(args.epochs or 5), "--workdir", str(jax_workdir)),
                                 "jaxmnist's whole run")
         torch_seconds, torch_out = _timed([args.torch_python, str(TORCH_SCRIPT), "--root", str(torch_root),
                                            "--epochs", str(args.epochs or 5), "--save", str(workdir / "lab_best.pt")],
@@ -183,6 +185,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="train on the first N training images only (a quick dry run)")
     parser.add_argument("--torch-python", help="a Python with torch + torchvision: also time the lab's script")
     parser.add_argument("--repeats", type=int, default=1, help="whole-run pairs with --torch-python")
+    parser.add_argument("--cold-cache", action="store_true", help="with --torch-python: each jaxmnist run starts with an "
+                        "empty cache (compiled programs, decoded MNIST), as the first run on a machine does")
     parser.add_argument("--startup", action="store_true", help="also time process start to the first step, cold and "
                         "warm compilation cache")
     parser.add_argument("--out", default="bench.json")
