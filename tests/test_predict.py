@@ -146,8 +146,8 @@ def test_onnx_export_agrees_with_jax(trained, tmp_path):
     assert session.run(None, {"images": np.zeros((3, 28, 28), np.uint8)})[0].shape == (3, 10)
 
 
-def test_a_resnet_run_predicts_and_exports_with_its_batchnorm_statistics(tmp_path):
-    """Every model, not only the lab's: the resnet's running statistics reach predict, jax.export and ONNX."""
+def test_a_resnet_run_predicts_exports_and_serves_with_its_batchnorm_statistics(tmp_path):
+    """Every model, not only the lab's: the resnet's running statistics reach predict, jax.export, ONNX and serve."""
     pytest.importorskip("jax2onnx")
     from conftest import make_mnist
 
@@ -162,6 +162,18 @@ def test_a_resnet_run_predicts_and_exports_with_its_batchnorm_statistics(tmp_pat
     assert probabilities.shape == (30, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     record = export_model(workdir, tmp_path / "exported", onnx=True)
     assert record["onnx"]["max_abs_difference_vs_jax"] < 1e-5
+    pytest.importorskip("starlette")  # and the drawing page serves it
+    from starlette.testclient import TestClient
+
+    from jaxmnist.apps.serve import ServedModel, create_app
+
+    drawing = Image.fromarray(255 - dataset.test_images[0]).resize((280, 280))
+    buffer = io.BytesIO()
+    drawing.save(buffer, "PNG")
+    answer = TestClient(create_app(ServedModel(workdir)), base_url="http://localhost:8000").post(
+        "/predict", content=buffer.getvalue(), headers={"Content-Type": "image/png"}).json()
+    np.testing.assert_allclose(answer["probabilities"], load_model(workdir)(np.array([answer["image"]], np.uint8))[0],
+                               rtol=1e-5, atol=1e-7)
 
 
 def png_header(width: int, height: int) -> bytes:
