@@ -135,7 +135,8 @@ def _results(workdir):
     return records, restore_model(workdir, "latest").variables["params"]
 
 
-@pytest.mark.parametrize("targets", [(1,), (0, 1)], ids=["to one process", "to both"])
+@pytest.mark.parametrize("targets", [pytest.param((1,), marks=pytest.mark.slow), (0, 1)],  # each about 30 s
+                         ids=["to one process", "to both"])
 def test_sigterm_stops_every_process_with_one_save_and_the_restart_resumes_exactly(idx_dir, tmp_path, targets):
     flags = ("--epochs", "2", "--checkpoint-seconds", "3600")  # only the stop and epoch ends save
     for process in _two_processes(idx_dir, tmp_path / "straight", *flags):

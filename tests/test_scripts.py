@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,6 +31,7 @@ def test_the_ablation_is_a_sweep_definition(tmp_path):
     assert (refused.returncode, refused.stderr) == (1, "This sweep defines its own combinations; it takes no --grid.\n")
 
 
+@pytest.mark.slow  # about 100 s on 2 cores: every benchmark of the GPU check, small; run with -m slow
 def test_the_gpu_check_runs_end_to_end_as_a_cpu_dry_run(tmp_path):
     from conftest import make_mnist, write_idx
 
