@@ -143,6 +143,20 @@ def _make_writable(folder: Path) -> None:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
+def test_a_first_save_that_fails_does_not_claim_earlier_checkpoints(idx_dir, tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)  # an empty checkpoints/: what a run stopped before its first save leaves
+    if not _make_unwritable(checkpoints):
+        pytest.skip("no way to make a folder unwritable here")
+    try:
+        result = subprocess.run(_train(idx_dir, tmp_path / "run", "--epochs", "1"), cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+    finally:
+        _make_writable(checkpoints)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].endswith("; no checkpoint had been saved before it."), result.stderr
+
+
 def test_a_failed_save_ends_the_run_within_seconds_in_one_line(finished_run, idx_dir):
     checkpoints = finished_run / "checkpoints"
     before = _files(checkpoints)

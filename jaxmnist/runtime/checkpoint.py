@@ -325,8 +325,12 @@ class Checkpoints:
 
     def _save_failed(self, error: Exception) -> SaveFailed:
         # Which save failed is in the reason (Orbax reports the previous one's failure in the next).
-        return SaveFailed(f"Saving a checkpoint in {self.directory} failed ({_reason(error)}); the checkpoints "
-                          "saved before it are intact.")
+        try:  # the folder itself, not Orbax's list, which a failed save may have emptied
+            saved = any(path.name.isdigit() for path in self.directory.iterdir())
+        except OSError:
+            saved = True
+        kept = "the checkpoints saved before it are intact." if saved else "no checkpoint had been saved before it."
+        return SaveFailed(f"Saving a checkpoint in {self.directory} failed ({_reason(error)}); {kept}")
 
     def __enter__(self) -> "Checkpoints":
         return self
