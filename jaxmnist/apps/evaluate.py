@@ -77,9 +77,8 @@ def restore_model(workdir: str | Path, step: str = "best") -> RestoredModel:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), expected)
     try:
-        checkpoints.check_model(number, target["params"])  # first: the difference in shapes names a parameter
+        variables, meta = checkpoints.restore_variables(number, target)  # first: a shape names a parameter
         check_same_computation(meta, computation_digest(model), f"Checkpoint step {number} in {checkpoints.directory}")
-        variables, meta = checkpoints.restore_variables(number, target)
     except OtherModel as error:
         raise OtherModel(f"{error}: this code's model is not the one that trained it; use the code that did.") from None
     except CheckpointError:

@@ -30,7 +30,8 @@ from jaxmnist.runtime.reporting import log
 from jaxmnist.runtime.workdir import WorkdirError, check_resumable
 
 
-def resume(checkpoints: Checkpoints, config: Config, source: data.Source, num_devices: int, state, totals, num_steps: int):
+def resume(checkpoints: Checkpoints, config: Config, source: data.Source, num_devices: int, model_digest: str, state,
+           totals, num_steps: int):
     """Continue from the newest usable checkpoint: (state, totals, step, its meta); step 0 and an
     empty meta if there is none.
 
@@ -42,15 +43,14 @@ def resume(checkpoints: Checkpoints, config: Config, source: data.Source, num_de
     another model are refused: they are not damage.
     """
     template = totals._asdict() | {"step": state.step}
-    digest = computation_digest(build_model(config))
     unreadable: list[tuple[int, CheckpointError]] = []
     for step in reversed(checkpoints.steps()):
         try:
             meta = checkpoints.meta(step)
             _check_same_run(meta, config, source, num_devices)
-            checkpoints.check_model(step, state.params)  # first: the difference in shapes names a parameter
-            check_same_computation(meta, digest, f"Checkpoint step {step} in {checkpoints.directory}")
-            state, progress, _ = checkpoints.restore(step, state, template)
+            restored, progress, _ = checkpoints.restore(step, state, template)  # first: a shape names a parameter
+            check_same_computation(meta, model_digest, f"Checkpoint step {step} in {checkpoints.directory}")
+            state = restored
         except OtherModel as error:
             raise OtherModel(f"{error}: the code's model has changed since this run; use --restart to train the new "
                              "one there (discarding the old run), or another --workdir.") from None

@@ -81,9 +81,10 @@ def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source,
     checkpoints = Checkpoints(path / "checkpoints")
     progress = Progress(config.progress and parallel.is_main_process())
     with checkpoints, progress:  # saves reach the disk before the process ends
-        state, totals, step, meta = resume(checkpoints, config, source, mesh.devices.size, state, totals, steps_per_epoch)
-        evaluated = "test_accuracy" in meta or not step  # an epoch-end checkpoint holds its epoch's record
         identity = run_identity(config, source, mesh.devices.size)
+        state, totals, step, meta = resume(checkpoints, config, source, mesh.devices.size, identity["model_digest"], state,
+                                           totals, steps_per_epoch)
+        evaluated = "test_accuracy" in meta or not step  # an epoch-end checkpoint holds its epoch's record
         _start_records(config, path, metrics, identity, mesh, step, meta, stop)
         _say_where_it_starts(step, steps_per_epoch, config.epochs, evaluated)
         saver = Saver(checkpoints, identity, steps_per_epoch, config.checkpoint_seconds, saved_step=step)
