@@ -103,6 +103,10 @@ class Config:
     log_every: int = _option(100, "print the training loss every N batches", "N")
     progress: bool = _option(True, "on an interactive terminal, a progress bar per epoch with speed and time left")
     checkpoint_seconds: float = _option(30.0, "save the latest state mid-epoch at most every SECONDS too", "SECONDS")
+    join_timeout: float = _option(300.0, "in a multi-process run, give up when the other processes have not all "
+                                  "joined within SECONDS", "SECONDS")
+    peer_timeout: float = _option(30.0, "in a multi-process run, stop every process when one has not answered for "
+                                  "SECONDS (killed, or its machine gone)", "SECONDS")
     cache_dir: str = _option("~/.cache/jaxmnist", "keep compiled programs (xla/) and MNIST decoded from TFDS here "
                              "between runs; '' = off", "DIR")
     restart: bool = _option(False, "discard what an earlier run wrote in --workdir and start again")
@@ -119,6 +123,8 @@ class Config:
                                          f"got {getattr(self, name)}.")
         checks = (
             ("checkpoint_seconds", self.checkpoint_seconds > 0, "must be positive"),
+            ("join_timeout", 1 <= self.join_timeout < math.inf, "must be at least 1 second"),
+            ("peer_timeout", 2 <= self.peer_timeout < math.inf, "must be at least 2 seconds"),
             ("validation", self.validation >= 0, "must be 0 (none) or a number of training images to hold out"),
             ("lr", 0 < self.lr < math.inf, "must be a finite positive number"),
             ("lr_decay", 0 < self.lr_decay <= 1, "must be in (0, 1]"),

@@ -98,11 +98,16 @@ def test_a_four_device_checkpoint_evaluates_on_one_device_but_resumes_on_four_on
     assert "Resuming from epoch 2, step 13" in out
 
 
+def _free_port():
+    """A port for the coordinator that nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _two_processes(idx_dir, workdir, *extra):
     """Two processes of one run, joined by jax.distributed on localhost, one CPU device each."""
-    with socket.socket() as probe:  # a free port for the coordinator
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     return [
         _train(idx_dir, workdir, *extra, env={
             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
@@ -166,3 +171,95 @@ def test_sigterm_stops_every_process_with_one_save_and_the_restart_resumes_exact
     assert records == expected_records
     for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(expected_params)):
         np.testing.assert_array_equal(got, expected)
+
+
+# One outcome for all processes (runtime/peers.py): whatever ends one process ends the others
+# within seconds, each saying in one line which process met what.
+
+def _outcomes(processes, seconds=120):
+    """Each process's (exit code, stderr lines); a process still running after `seconds` fails the test."""
+    watchdog = threading.Timer(seconds, lambda: [p.kill() for p in processes])
+    watchdog.start()
+    try:
+        results = [p.communicate() for p in processes]
+    finally:
+        watchdog.cancel()
+    return [(p.returncode, err.strip().splitlines()) for p, (_, err) in zip(processes, results)]
+
+
+def test_a_workdir_locked_by_a_third_process_ends_both_processes(idx_dir, tmp_path):
+    import fcntl
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with open(workdir / ".jaxmnist.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a third process holds the lock
+        (code0, err0), (code1, err1) = _outcomes(_two_processes(idx_dir, workdir, "--epochs", "1"))
+    assert code0 == code1 == 1, (err0, err1)
+    assert len(err0) == 1 and "is in use by another jaxmnist run" in err0[0], err0
+    assert err1 == [f'Process 1 of 2 stopped too: process 0 ended with "{err0[0]}"']
+    assert sorted(p.name for p in workdir.iterdir()) == [".jaxmnist.lock"]  # nothing written
+
+
+def test_a_data_error_on_one_process_ends_both(idx_dir, tmp_path):
+    broken = tmp_path / "broken-idx"
+    broken.mkdir()  # process 1 reads an empty folder instead of the four IDX files
+    port = _free_port()
+    processes = [
+        _train(idx_dir if i == 0 else broken, tmp_path / "run", "--epochs", "1", env={
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+        for i in range(2)
+    ]
+    (code0, err0), (code1, err1) = _outcomes(processes)
+    assert code0 == code1 == 1, (err0, err1)
+    assert len(err1) == 1 and str(broken) in err1[0], err1
+    assert err0 == [f"Process 0 of 2 stopped too: process 1 ended with \"{err1[0]}\""], "\n".join(err0)
+
+
+@pytest.mark.parametrize("killed", [pytest.param(0, marks=pytest.mark.slow), 1],  # each about 45 s
+                         ids=["the coordinator", "the other"])
+def test_a_process_killed_mid_epoch_ends_the_other_in_one_line(idx_dir, tmp_path, killed):
+    flags = ("--epochs", "2", "--peer-timeout", "5")
+    processes = _two_processes(idx_dir, tmp_path / "run", *flags)
+    lines = iter(processes[0].stdout)
+    while not next(lines).startswith("Train Epoch: 2 [0/"):  # epoch 1 is saved
+        pass
+    processes[killed].kill()
+    survivor = 1 - killed
+    [(code, err)] = _outcomes([processes[survivor]], seconds=60)
+    assert code != 0 and err == [
+        f"Process {survivor} of 2 stopped: another process of the run (or its machine) stopped answering for "
+        "--peer-timeout 5 s; the checkpoints saved before are intact, start all 2 processes again to resume."]
+    processes[killed].wait()
+    first, _ = (_finish(p) for p in _two_processes(idx_dir, tmp_path / "run", *flags))  # and they are
+    assert "Resuming from epoch 2, step 13" in first
+
+
+def test_a_process_started_alone_says_what_it_waits_for_and_gives_up(idx_dir, tmp_path):
+    port = _free_port()
+    alone = _train(idx_dir, tmp_path / "run", "--join-timeout", "8", env={
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"})
+    [(code, err)] = _outcomes([alone], seconds=60)
+    assert code != 0 and err == [
+        f"Process 0 of 2 is waiting for the others at 127.0.0.1:{port} (up to --join-timeout 8 s) ...",
+        "Process 0 of 2 could not join the run's other processes within --join-timeout 8 s; start all 2 with the "
+        "same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, and a JAX_PROCESS_ID each from 0 to 1."]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_native_abort_guard_passes_everything_but_a_fatal_abort():
+    runtime_warning = b"W1129 17:18:08.115458   13974 preemption_sync_manager.cc:147] Failed to retrieve a notice\n"
+    fatal = (b"E1129 17:28:33.787950   19568 coordination_service.cc:1549] Use error polling to propagate ...:\n1\n"
+             b"F1129 17:28:33.788764   19579 client.h:80] Terminating process because the JAX distributed service "
+             b"detected fatal errors.\nRPC: /xla.coordination.CoordinationService/PollForError\n"
+             b"*** Check failure stack trace: ***\n    @     0x7f3262e40634  absl::LogMessage::SendToLog()\n")
+    ours = b"Train Epoch: 1 [0/60000 (0%)]\tLoss: 2.302585\nTraceback (most recent call last):\n  File x\nValueError: y\n"
+
+    def guarded(stream):
+        return subprocess.run([sys.executable, "-m", "jaxmnist.runtime.native_abort", "1", "2", "300", "30"],
+                              input=stream, capture_output=True, cwd=ROOT, timeout=60, check=True).stdout
+
+    assert guarded(ours + runtime_warning + ours) == ours + runtime_warning + ours  # only a FATAL is told otherwise
+    assert guarded(ours + fatal) == ours + (
+        b"Process 1 of 2 stopped: another process of the run (or its machine) stopped answering for --peer-timeout "
+        b"30 s; the checkpoints saved before are intact, start all 2 processes again to resume.\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import Sequence
 
 from jaxmnist.config import parse_config
@@ -35,21 +36,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             stop_if_asked(stop)
             parallel.configure_jax(config)  # before any device is touched
-            parallel.start_backend()
+            parallel.start_backend(config.join_timeout, config.peer_timeout)
             stop.listen()  # again: jax.distributed installs its own SIGTERM handler
             if not parallel.is_main_process():  # one console for the whole run: process 0's
                 log.setLevel("ERROR")
             train_and_evaluate(config, stop=stop)
         except UserError as error:
-            log.error("%s", error)
-            if error.leaves_threads_behind:  # a failed save: Orbax's threads would keep the process alive
-                _exit_at_once(error.exit_code)
-            return error.exit_code
+            return _fail(error.exit_code, str(error), at_once=error.leaves_threads_behind)
         except OSError as error:  # a workdir file made unwritable mid-run, or a full disk
-            log.error("Cannot write %s (%s); the checkpoints saved before it are intact.", error.filename or "a file",
-                      error.strerror or error)
-            return 1
+            return _fail(1, f"Cannot write {error.filename or 'a file'} ({error.strerror or error}); the checkpoints "
+                            "saved before it are intact.")
+        except Exception as error:  # a bug: its traceback, and the run's other processes are told
+            return _fail(1, f"{type(error).__name__}: {error} (the traceback above)", with_traceback=True)
     return 0
+
+
+def _fail(code: int, sentence: str, at_once: bool = False, with_traceback: bool = False) -> int:
+    """Say why the run ended, and tell the run's other processes, if any (they end too)."""
+    peers = sys.modules.get("jaxmnist.runtime.peers")  # loaded with JAX: other processes may wait for this one
+    if peers is not None:
+        peers.decide_outcome(unexpected=with_traceback)
+    if with_traceback:
+        traceback.print_exc()
+    log.error("%s", sentence)
+    if peers is not None:
+        peers.end_together(code, sentence)
+    if at_once:  # a failed save: Orbax's threads would keep the process alive
+        _exit_at_once(code)
+    return code
 
 
 def _exit_at_once(code: int) -> None:

@@ -8,7 +8,8 @@ random bits do not depend on how an array is sharded), the same update, up to th
 which floats are summed.
 
 Several hosts: launched with the standard jax.distributed environment (JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES, JAX_PROCESS_ID), every process runs the same program over the global mesh.
+JAX_NUM_PROCESSES, JAX_PROCESS_ID), every process runs the same program over the global mesh;
+runtime/peers.py joins them and gives them one outcome.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmnist.config import Config
 from jaxmnist.errors import UserError
+from jaxmnist.runtime import peers
 
 T = TypeVar("T")
 
@@ -34,22 +36,11 @@ class MeshError(UserError):
     """The requested devices cannot run this configuration; the message is one sentence."""
 
 
-def start_backend() -> None:
-    """Join a multi-process run when the environment describes one, then start JAX's backend, so
-    that a backend that cannot start is one sentence (MeshError) before any other work.
-
-    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID are
-    passed to jax.distributed.initialize; on a cluster it detects (SLURM, ...) set only
-    JAX_NUM_PROCESSES and let JAX find the rest.
-    """
-    num_processes = int(os.environ.get("JAX_NUM_PROCESSES", "1"))
-    if num_processes > 1:
-        process_id = os.environ.get("JAX_PROCESS_ID")
-        jax.distributed.initialize(
-            coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS"),
-            num_processes=num_processes,
-            process_id=None if process_id is None else int(process_id),
-        )
+def start_backend(join_timeout: float, peer_timeout: float) -> None:
+    """Join a multi-process run when the environment describes one (runtime/peers.py), then start
+    JAX's backend, so that a backend that cannot start is one sentence (MeshError) before any
+    other work."""
+    peers.join(join_timeout, peer_timeout)
     all_devices()
 
 
