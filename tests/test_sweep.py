@@ -23,6 +23,7 @@ from jaxmnist.apps.sweep.plan import (
     plan,
     status,
 )
+from jaxmnist.apps.sweep import pool
 from jaxmnist.apps.sweep.pool import core_shares
 from jaxmnist.runtime.workdir import WorkdirError
 
@@ -118,6 +119,17 @@ def test_the_table_is_the_mean_and_spread_of_the_runs_own_records(tmp_path):
                                     "| best epoch per seed | time of a run |")
     csv_lines = table.csv_text(rows).splitlines()
     assert csv_lines[2] == "0.3,0 1,3,84.5000,0.7071,85.0000,0.0000,84.5000,2.1213,85.0000,1.4142,2 3,6.0"
+
+
+def test_the_time_left_counts_epochs_not_runs(tmp_path, caplog):
+    # Runs of 5 and of 15 epochs: a 5-epoch run took 100 s, so one 15-epoch run still waiting takes 300 s.
+    short, long = plan([{"epochs": "5"}, {"epochs": "15"}], [0], tmp_path, ["--idx-dir", "x"])
+    short.workdir.mkdir(parents=True)
+    (short.workdir / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(1, 6)))
+    with caplog.at_level("INFO", logger="jaxmnist"):
+        pool._report(done=1, running=[], waiting=[long], timings=[(100.0, 5)], jobs=2)
+    assert "1 done, 0 running, 1 left; about 5 min 0 s left" in caplog.text
+    assert pool._epochs_done(short) == 5 and pool._epochs_done(long) == 0
 
 
 def test_each_simultaneous_run_has_its_own_cores():

@@ -50,6 +50,7 @@ class _Running:
     cores: list[int]
     started: float
     output: TextIO
+    epochs_before: int  # epochs a resumed run had trained before it started here
 
 
 @dataclasses.dataclass
@@ -65,7 +66,8 @@ class Outcome:
 def run_all(runs: Sequence[Run], jobs: int, already_done: int = 0) -> Outcome:
     """Train runs, `jobs` at a time, until all have ended or a stop signal has ended those running."""
     shares = core_shares(sorted(os.sched_getaffinity(0)), min(jobs, len(runs)))
-    waiting, running, outcome, durations = list(runs), [], Outcome(), []
+    waiting, running, outcome = list(runs), [], Outcome()
+    timings: list[tuple[float, int]] = []  # (seconds, epochs) of each run that ended here
     last_report = time.monotonic()
     with stop_on_signals() as stop:
         while waiting or running:
@@ -79,12 +81,12 @@ def run_all(runs: Sequence[Run], jobs: int, already_done: int = 0) -> Outcome:
             for entry in [e for e in running if e.process.poll() is not None]:
                 running.remove(entry)
                 shares.append(entry.cores)
-                durations.append(time.monotonic() - entry.started)
+                timings.append((time.monotonic() - entry.started, _epochs_done(entry.run) - entry.epochs_before))
                 _record_end(entry, outcome)
-                _report(already_done + len(outcome.finished), running, len(waiting), durations, jobs)
+                _report(already_done + len(outcome.finished), running, waiting, timings, jobs)
                 last_report = time.monotonic()
             if time.monotonic() - last_report > REPORT_SECONDS:
-                _report(already_done + len(outcome.finished), running, len(waiting), durations, jobs)
+                _report(already_done + len(outcome.finished), running, waiting, timings, jobs)
                 last_report = time.monotonic()
             if stop.signal and not running:
                 break
@@ -104,7 +106,7 @@ def _start(run: Run, cores: list[int]) -> _Running:
     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                preexec_fn=lambda: os.sched_setaffinity(0, cores))  # before any thread exists
     log.info("Started %s on core(s) %s.", run.name, ",".join(map(str, cores)))
-    return _Running(run, process, cores, time.monotonic(), output)
+    return _Running(run, process, cores, time.monotonic(), output, _epochs_done(run))
 
 
 def _record_end(entry: _Running, outcome: Outcome) -> None:
@@ -129,30 +131,35 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _report(done: int, running: list[_Running], left: int, durations: list[float], jobs: int) -> None:
-    """One progress line: runs done, running (and at which epoch), left, and the time left."""
-    now = time.monotonic()
-    if durations:  # the runs still to go at the mean duration so far, `jobs` at a time
-        mean = sum(durations) / len(durations)
-        remaining = mean * left + sum(max(mean - (now - e.started), 0.0) for e in running)
-        eta = f"about {_duration(remaining / max(min(jobs, left + len(running)), 1))} left"
+def _report(done: int, running: list[_Running], waiting: list[Run], timings: list[tuple[float, int]],
+            jobs: int) -> None:
+    """One progress line: runs done, running (and how far), left, and the time left: the epochs
+    still to train at the seconds per epoch of the runs that ended, `jobs` at a time."""
+    epochs_timed = sum(epochs for _, epochs in timings)
+    if epochs_timed:
+        seconds_per_epoch = sum(seconds for seconds, _ in timings) / epochs_timed
+        epochs_left = (sum(run.config.epochs for run in waiting)
+                       + sum(max(e.run.config.epochs - _epochs_done(e.run), 0) for e in running))
+        at_once = max(min(jobs, len(waiting) + len(running)), 1)
+        eta = f"about {_duration(seconds_per_epoch * epochs_left / at_once)} left"
     else:
         eta = "time left known after the first run"
-    where = ", ".join(f"{e.run.name} {_epoch(e.run)}" for e in running)
-    log.info("[%s] %d done, %d running, %d left; %s%s", time.strftime("%H:%M:%S"), done, len(running), left, eta,
-             f" | running: {where}" if where else "")
+    where = ", ".join(f"{e.run.name} ({_epochs_done(e.run)}/{e.run.config.epochs} epochs)" for e in running)
+    log.info("[%s] %d done, %d running, %d left; %s%s", time.strftime("%H:%M:%S"), done, len(running), len(waiting),
+             eta, f" | running: {where}" if where else "")
 
 
-def _epoch(run: Run) -> str:
-    """Where a running run is, from the last whole line of its metrics.jsonl (the run may be writing the next)."""
+def _epochs_done(run: Run) -> int:
+    """How many epochs a run has finished, from the last whole line of its metrics.jsonl (the run
+    may be writing the next); 0 before the first."""
     try:
         lines = (run.workdir / "metrics.jsonl").read_text(errors="replace").splitlines()
     except OSError:
-        lines = []
+        return 0
     for line in reversed(lines):
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            return f"(epoch {json.loads(line)['epoch']}/{run.config.epochs})"
-    return "(starting)"
+            return int(json.loads(line)["epoch"])
+    return 0
 
 
 def _duration(seconds: float) -> str:
