@@ -263,3 +263,13 @@ def test_the_native_abort_guard_passes_everything_but_a_fatal_abort():
     assert guarded(ours + fatal) == ours + (
         b"Process 1 of 2 stopped: another process of the run (or its machine) stopped answering for --peer-timeout "
         b"30 s; the checkpoints saved before are intact, start all 2 processes again to resume.\n")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES must be a whole number, got 'two'."),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+     "JAX_PROCESS_ID must be between 0 and 1 (JAX_NUM_PROCESSES is 2), got 2."),
+])
+def test_a_mistyped_process_variable_is_one_sentence(idx_dir, tmp_path, env, message):
+    [(code, err)] = _outcomes([_train(idx_dir, tmp_path / "run", env=env)], seconds=60)
+    assert code == 1 and err == [message] and not (tmp_path / "run").exists()

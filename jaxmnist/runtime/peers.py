@@ -26,6 +26,7 @@ import time
 import jax
 from orbax.checkpoint import multihost
 
+from jaxmnist.errors import UserError
 from jaxmnist.runtime import native_abort
 
 log = logging.getLogger("jaxmnist")
@@ -48,11 +49,14 @@ def join(join_timeout: float, peer_timeout: float) -> None:
     JAX_PROCESS_ID; on a cluster jax.distributed detects, JAX_NUM_PROCESSES alone), then watch
     for a peer's outcome. A no-op for a one-process run."""
     global _peer_timeout  # noqa: PLW0603 - one run per process
-    num_processes = int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    num_processes = _whole_number("JAX_NUM_PROCESSES", default="1")
     if num_processes <= 1:
         return
     _peer_timeout = peer_timeout
     process_id = os.environ.get("JAX_PROCESS_ID")
+    if process_id is not None and not 0 <= _whole_number("JAX_PROCESS_ID") < num_processes:
+        raise UserError(f"JAX_PROCESS_ID must be between 0 and {num_processes - 1} (JAX_NUM_PROCESSES is "
+                        f"{num_processes}), got {process_id}.")
     address = os.environ.get("JAX_COORDINATOR_ADDRESS")
     native_abort.guard_stderr(process_id or "", num_processes, join_timeout, peer_timeout)
     who = f"Process {process_id} of {num_processes}" if process_id else "This process"
@@ -69,6 +73,13 @@ def join(join_timeout: float, peer_timeout: float) -> None:
     finally:
         waiting.cancel()
     threading.Thread(target=_watch, name="jaxmnist-peers", daemon=True).start()
+
+
+def _whole_number(variable: str, default: str | None = None) -> int:
+    value = os.environ.get(variable, default)
+    if not (value and value.strip().isdigit()):
+        raise UserError(f"{variable} must be a whole number, got {value!r}.")
+    return int(value)
 
 
 def decide_outcome(unexpected: bool = False) -> None:
