@@ -228,8 +228,8 @@ def test_a_process_killed_mid_epoch_ends_the_other_in_one_line(idx_dir, tmp_path
     survivor = 1 - killed
     [(code, err)] = _outcomes([processes[survivor]], seconds=60)
     assert code != 0 and err == [
-        f"Process {survivor} of 2 stopped: another process of the run (or its machine) stopped answering for "
-        "--peer-timeout 5 s; the checkpoints saved before are intact, start all 2 processes again to resume."]
+        f"Process {survivor} of 2 stopped: another process of the run stopped answering (killed, or its machine gone; "
+        "a silent one is given --peer-timeout 5 s); what was saved is intact, start all 2 processes again to resume."]
     processes[killed].wait()
     first, _ = (_finish(p) for p in _two_processes(idx_dir, tmp_path / "run", *flags))  # and they are
     assert "Resuming from epoch 2, step 13" in first
@@ -261,8 +261,9 @@ def test_the_native_abort_guard_passes_everything_but_a_fatal_abort():
 
     assert guarded(ours + runtime_warning + ours) == ours + runtime_warning + ours  # only a FATAL is told otherwise
     assert guarded(ours + fatal) == ours + (
-        b"Process 1 of 2 stopped: another process of the run (or its machine) stopped answering for --peer-timeout "
-        b"30 s; the checkpoints saved before are intact, start all 2 processes again to resume.\n")
+        b"Process 1 of 2 stopped: another process of the run stopped answering (killed, or its machine gone; a "
+        b"silent one is given --peer-timeout 30 s); what was saved is intact, start all 2 processes again to "
+        b"resume.\n")
 
 
 @pytest.mark.parametrize("env, message", [

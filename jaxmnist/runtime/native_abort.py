@@ -49,9 +49,9 @@ def one_sentence(fatal_lines: list[bytes], process: str, num_processes: str, joi
         return (f"{who} could not join the run's other processes within --join-timeout {join_timeout} s; start all "
                 f"{num_processes} with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, and a JAX_PROCESS_ID "
                 f"each from 0 to {int(num_processes) - 1}.")
-    return (f"{who} stopped: another process of the run (or its machine) stopped answering for --peer-timeout "
-            f"{peer_timeout} s; the checkpoints saved before are intact, start all {num_processes} processes again "
-            "to resume.")
+    return (f"{who} stopped: another process of the run stopped answering (killed, or its machine gone; a silent "
+            f"one is given --peer-timeout {peer_timeout} s); what was saved is intact, start all {num_processes} "
+            "processes again to resume.")
 
 
 def main(process: str, num_processes: str, join_timeout: str, peer_timeout: str) -> None:

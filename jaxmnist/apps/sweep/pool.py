@@ -144,7 +144,7 @@ def _report(done: int, running: list[_Running], waiting: list[Run], timings: lis
         eta = f"about {_duration(seconds_per_epoch * epochs_left / at_once)} left"
     else:
         eta = "time left known after the first run"
-    where = ", ".join(f"{e.run.name} ({_epochs_done(e.run)}/{e.run.config.epochs} epochs)" for e in running)
+    where = ", ".join(f"{e.run.name} ({_epochs_done(e.run)} of {e.run.config.epochs} epochs done)" for e in running)
     log.info("[%s] %d done, %d running, %d left; %s%s", time.strftime("%H:%M:%S"), done, len(running), len(waiting),
              eta, f" | running: {where}" if where else "")
 
