@@ -196,7 +196,11 @@ def _field_type(field: dataclasses.Field) -> type:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad command line is one line (no usage block) and exit status 2."""
+    """argparse, but a bad command line is one line (no usage block) and exit status 2, and a flag
+    is taken only as spelled out in full: `--epoch 2` would silently be --epochs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")

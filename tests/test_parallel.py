@@ -274,3 +274,23 @@ def test_the_native_abort_guard_passes_everything_but_a_fatal_abort():
 def test_a_mistyped_process_variable_is_one_sentence(idx_dir, tmp_path, env, message):
     [(code, err)] = _outcomes([_train(idx_dir, tmp_path / "run", env=env)], seconds=60)
     assert code == 1 and err == [message] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag, values", [("--epochs", ("1", "2")), ("--workdir", ("a", "b"))])
+def test_processes_started_with_different_flags_refuse_together(idx_dir, tmp_path, flag, values):
+    # Unchecked, the first trained on after the second had stopped, and both waited forever.
+    port = _free_port()
+    processes = [
+        _train(idx_dir, tmp_path / "a", flag, str(tmp_path / value) if flag == "--workdir" else value, env={
+            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+        for i, value in enumerate(values)
+    ]
+    outcomes = _outcomes(processes)
+    shown = [str(tmp_path / v) if flag == "--workdir" else v for v in values]
+    sentences = [f"Process {i} of 2 has {flag} {shown[i]}, process {1 - i} {flag} {shown[1 - i]}; start every process "
+                 "with the same flags and data." for i in range(2)]
+    assert [code for code, _ in outcomes] == [1, 1], outcomes
+    # Each met the mismatch itself, or was told of the other's first.
+    for i, (_, err) in enumerate(outcomes):
+        assert err in ([sentences[i]], [f'Process {i} of 2 stopped too: process {1 - i} ended with "{sentences[1 - i]}"'])
+    assert not any((tmp_path / v).exists() for v in values)

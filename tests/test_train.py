@@ -91,6 +91,7 @@ def test_a_different_configuration_is_refused(tmp_path, tiny_mnist):
     (["--recipe", "best"], "invalid choice: 'best'"),
     (["--validation", "-1"], "--validation must be 0 (none) or a number of training images to hold out, got -1."),
     (["--no-such-flag"], "unrecognized arguments"),
+    (["--epoch", "2"], "unrecognized arguments: --epoch 2"),  # not taken for --epochs
 ])
 def test_bad_flags_are_refused_before_any_work(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -256,7 +256,8 @@ def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 150) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxmnist.plot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m jaxmnist.plot", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     runs = parser.add_mutually_exclusive_group(required=True)
     runs.add_argument("--workdir", action="append", help="a run's workdir; repeat to overlay runs")
     runs.add_argument("--sweep", help="a sweep's --root: each recipe's mean curves over its seeds, into sweep.png")

@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 import jax
 from orbax.checkpoint import multihost
@@ -32,6 +33,7 @@ from jaxmnist.runtime import native_abort
 log = logging.getLogger("jaxmnist")
 
 OUTCOME_KEY = "jaxmnist/outcome"  # the first process to end publishes {"process", "code", "sentence"}
+SETTINGS_KEY = "jaxmnist/settings/"  # + the process index: what the process was started with
 ENDED_KEY = "jaxmnist/ended/"  # + the process index: set by every process just before it ends
 POLL_SECONDS = 0.5
 SAY_WAITING_AFTER_SECONDS = 5
@@ -85,19 +87,45 @@ def _whole_number(variable: str, default: str | None = None) -> int:
 def decide_outcome(unexpected: bool = False) -> None:
     """This process's own failure decides how it ends (call it before saying why): from now on a
     peer's outcome is ignored. When a peer's outcome already ends this process, wait for that
-    instead: the error met meanwhile is a consequence (a collective whose peer left).
+    instead: the error met meanwhile is a consequence (a collective, or a checkpoint's restore,
+    whose peer left).
 
     An unexpected error may also be a collective whose peer died (Gloo's "Connection closed by
     peer"): jax.distributed then ends this process within --peer-timeout, in its own sentence, so
     only an error that outlives that wait is this process's to report."""
     if not jax.distributed.is_initialized():  # one process: nobody else decides
         return
-    if unexpected:
-        deadline = time.monotonic() + _peer_timeout + PEER_VERDICT_SECONDS
-        while time.monotonic() < deadline and not _decided.locked():
-            time.sleep(POLL_SECONDS)
+    # A peer that ended first published why before leaving; give the watcher time to read it.
+    deadline = time.monotonic() + (_peer_timeout + PEER_VERDICT_SECONDS if unexpected else 2 * POLL_SECONDS)
+    while time.monotonic() < deadline and not _decided.locked():
+        time.sleep(POLL_SECONDS / 5)
     if not _decided.acquire(blocking=False):
         threading.Event().wait()  # the watcher exits the process
+
+
+def check_same_everywhere(settings: dict[str, Any], wait_seconds: float) -> None:
+    """Refuse, on every process, a run whose processes were started with different settings: they
+    would train different things in lockstep, or wait at different points for each other forever.
+    settings maps each flag's name (`lr`) to its value, and "data" to the data's fingerprint."""
+    if not jax.distributed.is_initialized():
+        return
+    client = multihost.get_jax_distributed_client()
+    me, count = jax.process_index(), jax.process_count()
+    client.key_value_set(f"{SETTINGS_KEY}{me}", json.dumps(settings, sort_keys=True))
+    for other in (p for p in range(count) if p != me):
+        try:
+            theirs = json.loads(client.blocking_key_value_get(f"{SETTINGS_KEY}{other}", int(wait_seconds * 1000)))
+        except Exception:  # noqa: BLE001 - DEADLINE_EXCEEDED
+            raise UserError(f"Process {me} of {count} waited {wait_seconds:g} s for process {other} to start "
+                            "training (--join-timeout); it may be stuck reading its data.") from None
+        for name, value in settings.items():
+            if theirs.get(name) != value:
+                raise UserError(f"Process {me} of {count} has {_as_given(name, value)}, process {other} "
+                                f"{_as_given(name, theirs.get(name))}; start every process with the same flags and data.")
+
+
+def _as_given(name: str, value: Any) -> str:
+    return f"data with fingerprint {value}" if name == "data" else f"--{name.replace('_', '-')} {value}"
 
 
 def end_together(code: int, sentence: str) -> None:

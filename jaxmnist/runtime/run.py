@@ -12,6 +12,7 @@ log, save. Around it, each in one place:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from jaxmnist.config import Config
 from jaxmnist.core.loops import DeviceDataset, TrainTotals, chunks, epoch_order, evaluate, make_runner, num_batches, stack_batches
 from jaxmnist.core.models import build_model
 from jaxmnist.core.steps import EvalTotals, StepOptions, create_train_state, derive_keys, learning_rate_schedule
-from jaxmnist.runtime import data, parallel
+from jaxmnist.runtime import data, parallel, peers
 from jaxmnist.runtime import workdir as workdirs
 from jaxmnist.runtime.checkpoint import Checkpoints
 from jaxmnist.runtime.dashboard import Dashboard
@@ -48,6 +49,7 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None,
         workdirs.check_path_argument(flag, value)
     path = workdirs.check_workdir(config.workdir)
     dataset, source = _load_data(config, dataset)
+    peers.check_same_everywhere(_same_on_every_process(config, source), wait_seconds=config.join_timeout)
     stop_if_asked(stop)
     mesh = parallel.make_mesh(config.devices)
     parallel.check_divisible(mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
@@ -58,6 +60,16 @@ def train_and_evaluate(config: Config, dataset: data.MNIST | None = None,
         if config.restart:
             parallel.on_main_process("restart", lambda: workdirs.discard_previous_run(path))
         return _train(config, path, dataset, source, mesh, metrics, stop)
+
+
+PER_HOST_SETTINGS = ("data_dir", "idx_dir", "cache_dir", "progress")  # may differ: what they read is compared
+
+
+def _same_on_every_process(config: Config, source: data.Source) -> dict[str, Any]:
+    """What every process of a run must share: its flags but where each host keeps things, and the
+    data itself."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in PER_HOST_SETTINGS}
+    return settings | {"data": source.fingerprint}
 
 
 def _train(config: Config, path: Path, dataset: data.MNIST, source: data.Source, mesh, metrics: MetricsLog,
