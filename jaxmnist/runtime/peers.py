@@ -111,7 +111,9 @@ def check_same_everywhere(settings: dict[str, Any], wait_seconds: float) -> None
         return
     client = multihost.get_jax_distributed_client()
     me, count = jax.process_index(), jax.process_count()
-    client.key_value_set(f"{SETTINGS_KEY}{me}", json.dumps(settings, sort_keys=True))
+    mine = json.dumps(settings, sort_keys=True)
+    settings = json.loads(mine)  # compared as the others read it (a tuple becomes a list)
+    client.key_value_set(f"{SETTINGS_KEY}{me}", mine)
     for other in (p for p in range(count) if p != me):
         try:
             theirs = json.loads(client.blocking_key_value_get(f"{SETTINGS_KEY}{other}", int(wait_seconds * 1000)))
