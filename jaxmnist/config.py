@@ -116,10 +116,10 @@ class Config:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "lr_decay_epochs", "log_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
-                raise SettingError(name, f"--{_flag(name)} must be a positive integer, got {getattr(self, name)}.")
+                raise SettingError(name, f"{flag(name)} must be a positive integer, got {getattr(self, name)}.")
         for name, images in (("batch_size", 60_000), ("eval_batch_size", 10_000)):  # MNIST's splits
             if getattr(self, name) > images:
-                raise SettingError(name, f"--{_flag(name)} must be at most {images:,} (the split's images), "
+                raise SettingError(name, f"{flag(name)} must be at most {images:,} (the split's images), "
                                          f"got {getattr(self, name)}.")
         checks = (
             ("checkpoint_seconds", self.checkpoint_seconds > 0, "must be positive"),
@@ -141,7 +141,7 @@ class Config:
         )
         for name, valid, requirement in checks:
             if not valid:
-                raise SettingError(name, f"--{_flag(name)} {requirement}, got {getattr(self, name)!r}.")
+                raise SettingError(name, f"{flag(name)} {requirement}, got {getattr(self, name)!r}.")
         if self.data_dir is not None and self.idx_dir is not None:
             raise SettingError("idx_dir", "Give either --data-dir (TFDS) or --idx-dir (IDX files), not both.")
 
@@ -176,14 +176,15 @@ examples:
 Run the same command again to resume an interrupted run; Ctrl-C saves and stops."""
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
+def flag(name: str) -> str:
+    """A Config field's command-line flag: weight_decay -> --weight-decay."""
+    return "--" + name.replace("_", "-")
 
 
 def _given(name: str, argv: Sequence[str]) -> bool:
     """Whether the command line sets this field itself (as --flag VALUE or --flag=VALUE)."""
-    flag = f"--{_flag(name)}"
-    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
+    spelled = flag(name)
+    return any(arg == spelled or arg.startswith(spelled + "=") for arg in argv)
 
 
 def _field_type(field: dataclasses.Field) -> type:
@@ -234,7 +235,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         else:
             kwargs["type"] = _field_type(field)
             kwargs["metavar"] = field.metadata["metavar"]
-        parser.add_argument(f"--{_flag(field.name)}", dest=field.name, **kwargs)
+        parser.add_argument(flag(field.name), dest=field.name, **kwargs)
     return parser
 
 
@@ -253,7 +254,7 @@ def parse_config(argv: Sequence[str] | None, prog: str, description: str) -> Con
         return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
     except SettingError as error:
         if error.name in preset and not _given(error.name, sys.argv[1:] if argv is None else argv):
-            parser.error(f"{error} (--{_flag(error.name)} {preset[error.name]} comes from --recipe {recipe}; give "
-                         f"--{_flag(error.name)} yourself to change it.)")
+            parser.error(f"{error} ({flag(error.name)} {preset[error.name]} comes from --recipe {recipe}; give "
+                         f"{flag(error.name)} yourself to change it.)")
         parser.error(str(error))
         raise  # unreachable: parser.error exits

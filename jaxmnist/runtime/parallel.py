@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxmnist.config import Config
+from jaxmnist.config import Config, flag
 from jaxmnist.errors import UserError
 from jaxmnist.runtime import peers
 
@@ -90,7 +90,7 @@ def check_divisible(mesh: Mesh, **batch_sizes: int) -> None:
     for name, size in batch_sizes.items():
         if size % mesh.devices.size:
             raise MeshError(
-                f"--{name.replace('_', '-')} {size} does not split evenly across {mesh.devices.size} devices; "
+                f"{flag(name)} {size} does not split evenly across {mesh.devices.size} devices; "
                 f"choose a multiple of {mesh.devices.size} or fewer --devices."
             )
 

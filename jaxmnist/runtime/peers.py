@@ -27,6 +27,7 @@ from typing import Any
 import jax
 from orbax.checkpoint import multihost
 
+from jaxmnist.config import flag
 from jaxmnist.errors import UserError
 from jaxmnist.runtime import native_abort
 
@@ -127,7 +128,7 @@ def check_same_everywhere(settings: dict[str, Any], wait_seconds: float) -> None
 
 
 def _as_given(name: str, value: Any) -> str:
-    return f"data with fingerprint {value}" if name == "data" else f"--{name.replace('_', '-')} {value}"
+    return f"data with fingerprint {value}" if name == "data" else f"{flag(name)} {value}"
 
 
 def end_together(code: int, sentence: str) -> None:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from jaxmnist.config import EMPTY_PATH, Config
+from jaxmnist.config import EMPTY_PATH, Config, flag
 from jaxmnist.errors import UserError
 
 RUN_MARKER = {"written_by": "jaxmnist"}
@@ -244,7 +244,7 @@ def recipe_differences(saved: dict[str, Any], config: Config) -> list[str]:
     resume may continue the run. More --epochs may continue a step schedule (its decay ignores the
     total), not a cosine one."""
     current = config.recipe_dict()
-    return [f"--{name.replace('_', '-')} {saved.get(name, _DEFAULTS[name])} -> {current[name]}" for name in current
+    return [f"{flag(name)} {saved.get(name, _DEFAULTS[name])} -> {current[name]}" for name in current
             if saved.get(name, _DEFAULTS[name]) != current[name] and not (name == "epochs" and config.schedule == "step")]
 
 
