@@ -173,8 +173,9 @@ def test_sigterm_stops_every_process_with_one_save_and_the_restart_resumes_exact
         np.testing.assert_array_equal(got, expected)
 
 
-# One outcome for all processes (runtime/peers.py): whatever ends one process ends the others
-# within seconds, each saying in one line which process met what.
+# One outcome for all processes: what fails at start-up is agreed by all of them (one exchange,
+# parallel.agree_on_start), so each ends with the same sentence; a process gone mid-run is
+# jax.distributed's to tell, through its heartbeat (docs/devices.md).
 
 def _outcomes(processes, seconds=120):
     """Each process's (exit code, stderr lines); a process still running after `seconds` fails the test."""
@@ -196,8 +197,8 @@ def test_a_workdir_locked_by_a_third_process_ends_both_processes(idx_dir, tmp_pa
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a third process holds the lock
         (code0, err0), (code1, err1) = _outcomes(_two_processes(idx_dir, workdir, "--epochs", "1"))
     assert code0 == code1 == 1, (err0, err1)
-    assert len(err0) == 1 and "is in use by another jaxmnist run" in err0[0], err0
-    assert err1 == [f'Process 1 of 2 stopped too: process 0 ended with "{err0[0]}"']
+    assert len(err0) == 1 and err0[0].startswith("Process 0 of 2: --workdir ") and "is in use by another jaxmnist run" in err0[0]
+    assert err1 == err0
     assert sorted(p.name for p in workdir.iterdir()) == [".jaxmnist.lock"]  # nothing written
 
 
@@ -212,8 +213,9 @@ def test_a_data_error_on_one_process_ends_both(idx_dir, tmp_path):
     ]
     (code0, err0), (code1, err1) = _outcomes(processes)
     assert code0 == code1 == 1, (err0, err1)
-    assert len(err1) == 1 and str(broken) in err1[0], err1
-    assert err0 == [f"Process 0 of 2 stopped too: process 1 ended with \"{err1[0]}\""], "\n".join(err0)
+    assert len(err1) == 1 and err1[0].startswith("Process 1 of 2: ") and str(broken) in err1[0], err1
+    assert err0 == err1
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 @pytest.mark.parametrize("killed", [pytest.param(0, marks=pytest.mark.slow), 1],  # each about 45 s
@@ -226,10 +228,8 @@ def test_a_process_killed_mid_epoch_ends_the_other_in_one_line(idx_dir, tmp_path
         pass
     processes[killed].kill()
     survivor = 1 - killed
-    [(code, err)] = _outcomes([processes[survivor]], seconds=60)
-    assert code != 0 and err == [
-        f"Process {survivor} of 2 stopped: another process of the run stopped answering (killed, or its machine gone; "
-        "a silent one is given --peer-timeout 5 s); what was saved is intact, start all 2 processes again to resume."]
+    [(code, err)] = _outcomes([processes[survivor]], seconds=60)  # within --peer-timeout and a little more
+    assert code != 0 and "Terminating process because the JAX distributed service detected fatal errors" in "\n".join(err)
     processes[killed].wait()
     first, _ = (_finish(p) for p in _two_processes(idx_dir, tmp_path / "run", *flags))  # and they are
     assert "Resuming from epoch 2, step 13" in first
@@ -240,30 +240,9 @@ def test_a_process_started_alone_says_what_it_waits_for_and_gives_up(idx_dir, tm
     alone = _train(idx_dir, tmp_path / "run", "--join-timeout", "8", env={
         "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"})
     [(code, err)] = _outcomes([alone], seconds=60)
-    assert code != 0 and err == [
-        f"Process 0 of 2 is waiting for the others at 127.0.0.1:{port} (up to --join-timeout 8 s) ...",
-        "Process 0 of 2 could not join the run's other processes within --join-timeout 8 s; start all 2 with the "
-        "same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, and a JAX_PROCESS_ID each from 0 to 1."]
+    assert code != 0 and err[0] == f"Process 0 of 2 is waiting for the others at 127.0.0.1:{port} (up to --join-timeout 8 s) ..."
+    assert "RegisterTask" in "\n".join(err)  # jax.distributed's own verdict: the others never registered
     assert not (tmp_path / "run").exists()
-
-
-def test_the_native_abort_guard_passes_everything_but_a_fatal_abort():
-    runtime_warning = b"W1129 17:18:08.115458   13974 preemption_sync_manager.cc:147] Failed to retrieve a notice\n"
-    fatal = (b"E1129 17:28:33.787950   19568 coordination_service.cc:1549] Use error polling to propagate ...:\n1\n"
-             b"F1129 17:28:33.788764   19579 client.h:80] Terminating process because the JAX distributed service "
-             b"detected fatal errors.\nRPC: /xla.coordination.CoordinationService/PollForError\n"
-             b"*** Check failure stack trace: ***\n    @     0x7f3262e40634  absl::LogMessage::SendToLog()\n")
-    ours = b"Train Epoch: 1 [0/60000 (0%)]\tLoss: 2.302585\nTraceback (most recent call last):\n  File x\nValueError: y\n"
-
-    def guarded(stream):
-        return subprocess.run([sys.executable, "-m", "jaxmnist.runtime.native_abort", "1", "2", "300", "30"],
-                              input=stream, capture_output=True, cwd=ROOT, timeout=60, check=True).stdout
-
-    assert guarded(ours + runtime_warning + ours) == ours + runtime_warning + ours  # only a FATAL is told otherwise
-    assert guarded(ours + fatal) == ours + (
-        b"Process 1 of 2 stopped: another process of the run stopped answering (killed, or its machine gone; a "
-        b"silent one is given --peer-timeout 30 s); what was saved is intact, start all 2 processes again to "
-        b"resume.\n")
 
 
 @pytest.mark.parametrize("env, message", [
@@ -287,10 +266,6 @@ def test_processes_started_with_different_flags_refuse_together(idx_dir, tmp_pat
     ]
     outcomes = _outcomes(processes)
     shown = [str(tmp_path / v) if flag == "--workdir" else v for v in values]
-    sentences = [f"Process {i} of 2 has {flag} {shown[i]}, process {1 - i} {flag} {shown[1 - i]}; start every process "
-                 "with the same flags and data." for i in range(2)]
-    assert [code for code, _ in outcomes] == [1, 1], outcomes
-    # Each met the mismatch itself, or was told of the other's first.
-    for i, (_, err) in enumerate(outcomes):
-        assert err in ([sentences[i]], [f'Process {i} of 2 stopped too: process {1 - i} ended with "{sentences[1 - i]}"'])
+    sentence = f"Process 1 of 2 has {flag} {shown[1]}, process 0 {flag} {shown[0]}; start every process with the same flags and data."
+    assert outcomes == [(1, [sentence]), (1, [sentence])]
     assert not any((tmp_path / v).exists() for v in values)

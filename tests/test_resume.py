@@ -132,6 +132,7 @@ def test_a_damaged_latest_checkpoint_is_reported_and_an_older_one_used(idx_dir, 
 
 @pytest.mark.parametrize("signum, moment, prefix, count", [
     (signal.SIGTERM, "mid-epoch", "Train Epoch", 4),
+    (signal.SIGHUP, "mid-epoch, as a closed terminal sends it", "Train Epoch", 4),
     (signal.SIGINT, "in the last steps of epoch 1, after its last log line", "Train Epoch: 1 [160/200", 1),
     (signal.SIGINT, "as epoch 1 is evaluated and saved", "Test Accuracy", 1),
     (signal.SIGINT, "in the last steps of the last epoch", "Train Epoch: 3 [160/200", 1),
@@ -199,40 +200,25 @@ def test_a_run_with_a_validation_set_resumes_exactly(idx_dir, tmp_path):
     assert [(r["val_images"], r["step"]) for r in epochs] == [(40, 10), (40, 20)]
 
 
-def test_a_checkpoint_saved_before_training_accuracy_was_counted_still_resumes(idx_dir, tmp_path, uninterrupted):
-    from jaxmnist.apps.evaluate import evaluate_checkpoint
-    from jaxmnist.config import Config
-    from jaxmnist.core.steps import create_train_state
+def test_a_run_of_another_format_is_refused_naming_both_versions_and_nothing_moves(idx_dir, tmp_path, capsys):
+    import json
+
+    from jaxmnist.apps import evaluate
+    from jaxmnist.runtime.workdir import FORMAT
 
     workdir = tmp_path / "run"
-    process = _start(_command(idx_dir, workdir))
-    _wait_for_lines(process, 6)  # epoch 2, batch 10: its saves after batches 0 and 5 have been written
-    process.kill()
-    process.wait()
-    # Rewrite the latest (mid-epoch) checkpoint as older versions wrote it: no "correct" counter.
-    checkpoints = Checkpoints(workdir / "checkpoints")
-    step = checkpoints.latest_step()
-    assert step % 13, "the latest checkpoint should be mid-epoch"
-    template = create_train_state(Config(), jax.random.key(0), 13)
-    state, progress, meta = checkpoints.restore(step, template, {"step": template.step, **TrainTotals.zeros()._asdict()})
-    shutil.rmtree(workdir / "checkpoints" / str(step))
-    checkpoints.reload()
-    checkpoints.save(step, state, {name: progress[name] for name in ("step", "loss_sum", "images")}, meta, None)
-    checkpoints.__exit__(None, None, None)  # on disk before the run starts
-    report = evaluate_checkpoint(workdir, "latest")  # evaluate reads it too
-    assert (report["step"], report["chosen_by"]) == (step, "test")
-
-    result = _run(_command(idx_dir, workdir))
-    assert result.returncode == 0, result.stderr
-    assert f"Checkpoint step {step} was saved before training accuracy was counted" in result.stderr
-    # Everything as an uninterrupted run, but epoch 2's training accuracy: not known, so null, not wrong.
-    records, params = _results(workdir)
-    expected_records, expected_params = uninterrupted
-    assert records == [r | {"train_accuracy": None} if r["kind"] == "epoch" and r["epoch"] == 2 else r
-                       for r in expected_records]
-    assert all(r["train_accuracy"] is not None for r in expected_records if r["kind"] == "epoch")
-    for got, expected in zip(jax.tree.leaves(params), jax.tree.leaves(expected_params)):
-        np.testing.assert_array_equal(got, expected)
+    assert _run(_command(idx_dir, workdir, "--epochs", "1")).returncode == 0
+    (meta,) = (workdir / "checkpoints").glob("*/meta/metadata")
+    record = json.loads(meta.read_text())
+    meta.write_text(json.dumps(record | {"format": FORMAT - 1}))  # as an older jaxmnist would have written it
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and p.name != ".jaxmnist.lock"}
+    expected = (f"The checkpoints in {workdir / 'checkpoints'} are of jaxmnist's format {FORMAT - 1}, and this jaxmnist "
+                f"reads format {FORMAT}; use the jaxmnist that wrote them, or --restart to train afresh.")
+    result = _run(_command(idx_dir, workdir, "--epochs", "2"))
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [expected]
+    assert evaluate.main(["--workdir", str(workdir)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and p.name != ".jaxmnist.lock"} == before
 
 
 def test_a_different_configuration_is_refused_and_restart_starts_over(idx_dir, tmp_path):

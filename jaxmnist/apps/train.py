@@ -15,7 +15,7 @@ from typing import Sequence
 from jaxmnist.config import parse_config
 from jaxmnist.errors import UserError
 from jaxmnist.runtime.reporting import log, setup_console
-from jaxmnist.runtime.stopping import stop_if_asked, stop_on_signals
+from jaxmnist.runtime.stopping import stop_on_signals
 
 DESCRIPTION = """\
 Train the MNIST lab's two-conv CNN (Adam, step decay, random rotation) in JAX,
@@ -27,14 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, train, and turn every expected failure into one line on stderr and a non-zero exit."""
     config = parse_config(argv, prog="python -m jaxmnist.train", description=DESCRIPTION)
     setup_console()
-    # From here on Ctrl-C and SIGTERM only set a flag, honoured between steps of the work: an
-    # exception raised inside an import (JAX's, TensorFlow's) aborts the interpreter instead.
+    # From here on Ctrl-C, SIGTERM and SIGHUP only set a flag, honoured between steps of the work:
+    # an exception raised inside an import (JAX's, TensorFlow's) aborts the interpreter instead.
     with stop_on_signals() as stop:
         try:
             from jaxmnist.runtime import parallel  # noqa: PLC0415 - JAX loads here, after the flags
             from jaxmnist.runtime.run import train_and_evaluate
 
-            stop_if_asked(stop)
             parallel.configure_jax(config)  # before any device is touched
             parallel.start_backend(config.join_timeout, config.peer_timeout)
             stop.listen()  # again: jax.distributed installs its own SIGTERM handler
@@ -46,29 +45,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as error:  # a workdir file made unwritable mid-run, or a full disk
             return _fail(1, f"Cannot write {error.filename or 'a file'} ({error.strerror or error}); the checkpoints "
                             "saved before it are intact.")
-        except Exception as error:  # a bug: its traceback, and the run's other processes are told
-            return _fail(1, f"{type(error).__name__}: {error} (the traceback above)", with_traceback=True)
+        except Exception as error:  # a bug: its traceback
+            traceback.print_exc()
+            return _fail(1, f"{type(error).__name__}: {error} (the traceback above)")
     return 0
 
 
-def _fail(code: int, sentence: str, at_once: bool = False, with_traceback: bool = False) -> int:
-    """Say why the run ended, and tell the run's other processes, if any (they end too)."""
-    peers = sys.modules.get("jaxmnist.runtime.peers")  # loaded with JAX: other processes may wait for this one
-    if peers is not None:
-        peers.decide_outcome(unexpected=with_traceback)
-    if with_traceback:
-        traceback.print_exc()
+def _fail(code: int, sentence: str, at_once: bool = False) -> int:
+    """Say why the run ended. A multi-process run's other processes end too: at start-up they have
+    agreed on this sentence; later, jax.distributed ends them when this one has gone."""
     log.error("%s", sentence)
-    if peers is not None:
-        peers.end_together(code, sentence)
     if at_once:  # a failed save: Orbax's threads would keep the process alive
-        _exit_at_once(code)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
-
-
-def _exit_at_once(code: int) -> None:
-    """End the process now, without the interpreter's clean-up, once the console is flushed.
-    Only for failures where nothing is left to save."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

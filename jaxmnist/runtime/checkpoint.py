@@ -1,44 +1,46 @@
-"""Orbax checkpoints of a run: the best (by ranking.rank) and the latest, side by side.
+"""Orbax checkpoints of a run: Orbax decides when to save and which to keep; we add the digests.
 
-The only module that imports orbax. Each checkpoint holds four or five items, so that
-evaluation can restore the model alone:
-    params       the model's parameters
-    batch_stats  BatchNorm's running statistics, for models that have them
-    opt_state    Adam's moments and step count
-    progress   the global step and this epoch's running training sums (exact resume mid-epoch)
-    meta       JSON: epoch, step, its epoch's record (at epoch ends), the run's config, and a digest of
-               every array of the three items above, verified at every restore
+The only module that imports orbax. Orbax's policies decide: a save every --checkpoint-seconds and
+at a stop (its interval and preemption policies), and the best (ranking.rank) and the latest are
+kept. Each checkpoint holds four or five items, so that evaluation can restore the model alone:
+    params, batch_stats  the model's variables (batch_stats for models with BatchNorm)
+    opt_state            the optimizer's state
+    progress             the global step and this epoch's running training sums (exact resume mid-epoch)
+    meta                 JSON: FORMAT, epoch, step, its epoch's record (at epoch ends), the run's
+                         identity, and a digest of every array, verified at every restore
 
 Orbax's data files carry no checksum: without the digests a flipped bit would be restored, used
 and exported without a word. Two failures are told apart, because only one of them may move a
 checkpoint away: DamagedCheckpoint (its bytes are shown to be wrong: a digest differs, a folder it
 must hold is missing) and UnreadableCheckpoint (anything else: the locale, a library, permissions).
-Superseded checkpoints are renamed into checkpoints/superseded/ (one atomic step, so a kill never
-leaves half of one among the real ones) and removed from there by the next writer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import gc
 import hashlib
 import re
 import shutil
 import sys
+import types
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxmnist.errors import UserError
 from jaxmnist.runtime.ranking import rank
 from jaxmnist.runtime.reporting import quiet_libraries
+from jaxmnist.runtime.workdir import FORMAT, check_format
 
 SUPERSEDED = "superseded"  # Orbax's rename target for checkpoints it no longer keeps
-ARRAY_ITEMS = ("params", "opt_state", "progress")
 
 
 class CheckpointError(UserError):
@@ -46,8 +48,7 @@ class CheckpointError(UserError):
 
 
 class DamagedCheckpoint(CheckpointError):
-    """Its bytes are shown to be wrong: a digest differs from the one recorded at save, or a
-    folder every checkpoint holds is missing. Only such a checkpoint may be set aside."""
+    """Its bytes are shown to be wrong. Only such a checkpoint may be set aside."""
 
 
 class UnreadableCheckpoint(CheckpointError):
@@ -55,8 +56,8 @@ class UnreadableCheckpoint(CheckpointError):
 
 
 class OtherModel(CheckpointError):
-    """The checkpoint's parameters have other names or shapes than the model's: not damage, and
-    never restored (Orbax would silently keep the saved shapes). The caller adds how to go on."""
+    """Its parameters have other names or shapes, or its model computes something else: not
+    damage, and never restored (Orbax would silently keep the saved shapes)."""
 
 
 class SaveFailed(CheckpointError):
@@ -66,26 +67,35 @@ class SaveFailed(CheckpointError):
     leaves_threads_behind = True
 
 
-@contextlib.contextmanager
-def _abandoned_coroutines_unreported() -> Iterator[None]:
-    """Orbax leaves coroutines behind when a read fails; collected, each reports itself as an
-    "Exception ignored" traceback, by the hundred. Within the block (and its collection at the
-    end) those reports are dropped; the failure itself reaches the user as one sentence."""
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
-    try:
-        yield
-    finally:
-        gc.collect()
-        sys.unraisablehook = previous
+@dataclasses.dataclass(kw_only=True)
+class IntervalSinceStart(policies.ContinuousCheckpointingPolicy):
+    """Orbax's interval policy, with the run's start counting as a save: Orbax alone would save at
+    once when the folder holds none, or only one older than the interval (an earlier run's)."""
+
+    started: datetime.datetime = dataclasses.field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
+
+    def should_save(self, step, previous_steps, *, context) -> bool:
+        ours = [info for info in previous_steps if info.time >= self.started]
+        start = types.SimpleNamespace(step=-1, time=self.started, metrics=None)
+        return super().should_save(step, ours or [start], context=context)
 
 
-def _reason(error: Exception) -> str:
-    """The first line of a library's error, without the internals some append (TensorStore's
-    "See full TensorStore details: <bound method ...>")."""
-    text = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
-    text = re.split(r"\s*(?:See full TensorStore details|<bound method|<function )", text)[0].rstrip(" .:")
-    return text[:200] or type(error).__name__
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, whose preemption (PreemptionCheckpointingPolicy's question) is our stop
+    request: Ctrl-C, SIGTERM or SIGHUP in any process, agreed by all at each step asked about.
+    (jax.distributed's own preemption sync point is chosen asynchronously: on short chunks of
+    steps, or near a run's end, it was never reached, and a SIGTERM was lost.)"""
+
+    stop = None  # a runtime.stopping.StopRequest
+    _asked = (None, 0)  # the last step asked about, and the signal agreed on there (0: none)
+
+    def reached_preemption(self, step: int) -> bool:
+        if step != self._asked[0]:  # one vote a step: Orbax asks, then the loop asks again
+            signum = np.int32(self.stop.signal if self.stop else 0)
+            if jax.process_count() > 1:
+                signum = multihost_utils.process_allgather(signum).max()
+            self._asked = (step, int(signum))
+        return bool(self._asked[1])
 
 
 def _name(path) -> str:
@@ -93,10 +103,18 @@ def _name(path) -> str:
     return jax.tree_util.keystr(path, simple=True, separator=".")
 
 
-def _host_array(leaf) -> np.ndarray:
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-        leaf = leaf.addressable_data(0)  # every array of the state is replicated: one copy is the whole
-    return np.asarray(jax.device_get(leaf))
+def _named_arrays(tree) -> dict[str, np.ndarray]:
+    def host(leaf):  # every array of the state is replicated: one device's copy is the whole
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        return np.asarray(jax.device_get(leaf))
+    return {_name(path): host(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _sha256(array: np.ndarray) -> str:
+    digest = hashlib.sha256(str(array.shape).encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def digests(tree) -> dict[str, str]:
@@ -104,15 +122,11 @@ def digests(tree) -> dict[str, str]:
     return {name: f"{array.dtype.str}:{_sha256(array)}" for name, array in _named_arrays(tree).items()}
 
 
-def _named_arrays(tree) -> dict[str, np.ndarray]:
-    return {_name(path): _host_array(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _sha256(array: np.ndarray) -> str:
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(str(array.shape).encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()
+def _reason(error: Exception) -> str:
+    """The first line of a library's error, without the internals some append (TensorStore's)."""
+    text = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.split(r"\s*(?:See full TensorStore details|<bound method|<function )", text)[0].rstrip(" .:")
+    return text[:200] or type(error).__name__
 
 
 def model_difference(saved_shapes: dict[str, tuple], params) -> str | None:
@@ -133,17 +147,16 @@ def model_difference(saved_shapes: dict[str, tuple], params) -> str | None:
 def check_same_computation(meta: dict[str, Any], digest: str, checkpoint: str) -> None:
     """Raise OtherModel when the checkpoint's run recorded another computation digest for its
     model (core.models.computation_digest) under this JAX version: a model edited without changing
-    any parameter's shape. Digests of other JAX versions, or none (older runs), are not compared."""
-    saved = meta.get("model_digest")
-    if saved and saved != digest and meta.get("arithmetic", {}).get("jax") == jax.__version__:
+    any parameter's shape. Digests of other JAX versions are not compared."""
+    if meta["model_digest"] != digest and meta["arithmetic"]["jax"] == jax.__version__:
         raise OtherModel(f"{checkpoint} belongs to another model (every parameter has the shape it had, but the "
                          "model computes something else: another activation, order of layers or operation)")
 
 
 class Checkpoints:
-    """The checkpoints directory of one workdir."""
+    """The checkpoints directory of one workdir. A writer passes the stop request and the save interval."""
 
-    def __init__(self, directory: str | Path, read_only: bool = False):
+    def __init__(self, directory: str | Path, read_only: bool = False, stop=None, every_seconds: float | None = None):
         self.directory = Path(directory).absolute()  # Orbax refuses relative paths
         quiet_libraries()  # Orbax's routine absl warnings ("read only", "metadata file does not exist")
         if read_only and not self.directory.is_dir():
@@ -151,17 +164,20 @@ class Checkpoints:
                                   "python -m jaxmnist.train.")
         keep = policies.AnyPreservationPolicy([
             policies.LatestN(n=1),
-            # Mid-epoch checkpoints carry no metrics: they must not pile up, LatestN covers them.
+            # Mid-epoch checkpoints carry no metrics: LatestN covers them, they must not pile up.
             policies.BestN(get_metric_fn=rank, reverse=False, n=1, keep_checkpoints_without_metrics=False),
         ])
+        when = policies.AnySavePolicy([IntervalSinceStart(minimum_interval_secs=every_seconds),
+                                       policies.PreemptionCheckpointingPolicy()]) if every_seconds else None
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=keep, best_fn=rank, best_mode="max", read_only=read_only, create=not read_only,
-            # A kill mid-save leaves N.orbax-checkpoint-tmp-*: removed when a writer opens the folder.
-            cleanup_tmp_directories=not read_only,
-            # Deleting is one rename (a kill mid-rmtree would leave half a checkpoint among the real ones).
-            todelete_subdir=None if read_only else SUPERSEDED,
+            preservation_policy=keep, save_decision_policy=when, best_fn=rank, best_mode="max", read_only=read_only,
+            create=not read_only,
+            enable_should_save_is_saving_in_progress_check=False,  # a save due waits for the one before it
+            cleanup_tmp_directories=not read_only,  # what a kill mid-save left: N.orbax-checkpoint-tmp-*
+            todelete_subdir=None if read_only else SUPERSEDED,  # deleting is one rename, never half a checkpoint
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = _Manager(self.directory, options=options)
+        self._manager.stop = stop
         self._writer = not read_only
         self._drop_superseded()  # what a killed writer left
 
@@ -173,20 +189,29 @@ class Checkpoints:
         return self._manager.latest_step()
 
     def best_step(self) -> int | None:
-        """The step the ranking rule puts first (rank), or None before any epoch has ended."""
-        with_metrics = [s for s in self.steps() if self.metrics(s) is not None]
-        return max(with_metrics, key=lambda s: rank(self.metrics(s))) if with_metrics else None
+        """The step Orbax keeps as best by ranking.rank, or None before any epoch has ended."""
+        return self._manager.best_step() if any(self.metrics(s) for s in self.steps()) else None
 
     def metrics(self, step: int) -> dict[str, float] | None:
-        """The metrics saved to rank an end-of-epoch checkpoint (None mid-epoch): step, test_accuracy,
+        """The metrics that rank an end-of-epoch checkpoint (None mid-epoch): step, test_accuracy,
         and val_accuracy where the run has a validation set."""
         return self._manager.metrics(step)
 
+    def should_save(self, step: int) -> bool:
+        """Orbax's decision, the same in every process: the interval has passed, or a stop was asked for."""
+        return self._manager.should_save(step)
+
+    def stop_signal(self, step: int) -> int:
+        """The signal that asked for a stop, in any process (0: none): the same in every process at this step."""
+        self._manager.reached_preemption(step)
+        return self._manager._asked[1]
+
     def meta(self, step: int) -> dict[str, Any]:
-        """The JSON item alone (epoch, step, config, the epoch's record): cheap, no arrays read."""
+        """The JSON item alone (epoch, step, identity, the epoch's record): cheap, no arrays read."""
         meta = self._restore(step, meta=ocp.args.JsonRestore()).meta
         if not isinstance(meta, dict):
             raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged (its meta item is not a record).")
+        check_format(meta, f"The checkpoints in {self.directory}")
         return meta
 
     def set_aside(self, step: int) -> Path:
@@ -194,8 +219,7 @@ class Checkpoints:
         in every process afterwards."""
         folder = self.directory.parent / "damaged-checkpoints"
         folder.mkdir(exist_ok=True)
-        target = folder / str(step)
-        suffix = 1
+        target, suffix = folder / str(step), 1
         while target.exists():  # never overwrite one set aside before
             target, suffix = folder / f"{step}.{suffix}", suffix + 1
         shutil.move(self.directory / str(step), target)
@@ -205,48 +229,27 @@ class Checkpoints:
         """Read the directory again (after set_aside, or while another process writes it)."""
         self._manager.reload()
 
-    def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None) -> None:
+    def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Start an asynchronous save; metrics (an epoch's accuracies, ranking.rank's) make it a candidate for best."""
-        # The model's collections (params, and batch_stats where it has them), as TrainState.variables says.
         arrays = {**state.variables(), "opt_state": state.opt_state, "progress": progress}
-        meta = meta | {"digests": {item: digests(tree) for item, tree in arrays.items()}}
-        args = ocp.args.Composite(
-            **{item: ocp.args.StandardSave(tree) for item, tree in arrays.items()},
-            meta=ocp.args.JsonSave(meta),
-        )
-        self.check()
-        try:
-            self._manager.save(step, args=args, metrics=metrics, force=True)
-        except Exception as error:  # noqa: BLE001 - unwritable, disk full, ...: all mean the same here
-            raise self._save_failed(error) from None
+        meta = meta | {"format": FORMAT, "digests": {item: digests(tree) for item, tree in arrays.items()}}
+        args = ocp.args.Composite(**{item: ocp.args.StandardSave(tree) for item, tree in arrays.items()},
+                                  meta=ocp.args.JsonSave(meta))
+        self._attempt(self._manager.check_for_errors, self._save_failed)  # a failed earlier save ends the run now
+        self._attempt(lambda: self._manager.save(step, args=args, metrics=metrics, force=True), self._save_failed)
 
-    def check(self) -> None:
-        """Raise SaveFailed if the last asynchronous save has failed; cheap, so the loop asks often."""
-        try:
-            self._manager.check_for_errors()
-        except Exception as error:  # noqa: BLE001
-            raise self._save_failed(error) from None
-
-    def param_shapes(self, step: int) -> dict[str, tuple]:
-        """The saved parameters' shapes by name (conv1.kernel), without reading the arrays."""
-        return self._shapes(step, "params")
-
-    def _shapes(self, step: int, item: str) -> dict[str, tuple]:
-        """The shapes of an item's arrays by name, from Orbax's metadata, without reading them."""
-        self._check_complete(step, [item])
-        try:
-            metadata = ocp.StandardCheckpointer().metadata(self.directory / str(step) / item).item_metadata
-        except Exception as error:  # noqa: BLE001 - a library failure is not yet proof of damage
-            raise self._unreadable(step, error) from None
-        if metadata is None:
-            raise self._unreadable(step, RuntimeError(f"Orbax finds no metadata of its {item}"))
-        leaves = jax.tree_util.tree_leaves_with_path(metadata.tree)
-        return {_name(path): tuple(leaf.shape) for path, leaf in leaves}
+    def wait(self) -> None:
+        """Block until the saves started so far are on disk; a failed one is SaveFailed."""
+        self._attempt(self._manager.wait_until_finished, self._save_failed)
 
     def check_model(self, step: int, params) -> None:
         """Raise OtherModel unless the checkpoint's parameters have params' names and shapes
-        (arrays or abstract arrays): compared from the metadata, before any array is read."""
-        difference = model_difference(self.param_shapes(step), params)
+        (arrays or abstract arrays): compared from Orbax's metadata, before any array is read."""
+        self._check_complete(step, ["params"])
+        tree = self._attempt(lambda: ocp.StandardCheckpointer().metadata(self.directory / str(step) / "params")
+                             .item_metadata.tree, lambda error: self._unreadable(step, error))
+        shapes = {_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+        difference = model_difference(shapes, params)
         if difference:
             raise OtherModel(f"Checkpoint step {step} in {self.directory} belongs to another model ({difference})")
 
@@ -261,22 +264,18 @@ class Checkpoints:
         items = self._restore(step, **{name: ocp.args.StandardRestore(target.get(name)) for name in names},
                               meta=ocp.args.JsonRestore())
         variables = {name: items[name] for name in names}
-        self._verify(step, items.meta, **variables)
+        self._verify(step, items.meta, variables)
         return variables, items.meta
 
-    def restore(self, step: int, state, progress: dict[str, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-        """Everything needed to resume: state and progress shaped like the given templates. A
-        counter of progress that the checkpoint does not hold (one saved before the counter
-        existed) is left out of the progress returned: the caller decides what it was."""
-        abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
+    def restore(self, step: int, state, progress) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """Everything needed to resume, shaped like the templates: (state, progress, meta)."""
         self.check_model(step, state.params)
-        saved = self._shapes(step, "progress")
-        progress = {name: value for name, value in progress.items() if name in saved}
         templates = {**state.variables(), "opt_state": state.opt_state, "progress": progress}
+        abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
         items = self._restore(step, **{name: ocp.args.StandardRestore(abstract(tree)) for name, tree in templates.items()},
                               meta=ocp.args.JsonRestore())
         restored = {name: items[name] for name in templates}
-        self._verify(step, items.meta, **restored)
+        self._verify(step, items.meta, restored)
         state = state.replace(step=items.progress["step"], params=items.params, opt_state=items.opt_state,
                               batch_stats=restored.get("batch_stats", state.batch_stats))
         return state, items.progress, items.meta
@@ -285,12 +284,15 @@ class Checkpoints:
         if step not in self.steps():
             raise CheckpointError(f"{self.directory} has no checkpoint for step {step} (it has {self.steps()}).")
         self._check_complete(step, items)
-        with _abandoned_coroutines_unreported():
-            try:
-                return self._manager.restore(step, args=ocp.args.Composite(**items))
-            except Exception as error:  # noqa: BLE001 - Orbax raises many types; none of them proves damage
-                failure = self._unreadable(step, error)
-        raise failure  # raised out here, Orbax's error and its coroutines are already gone
+        # Orbax leaves coroutines behind when a read fails; collected, each would print an "Exception
+        # ignored" traceback, by the hundred: the failure reaches the user as one sentence instead.
+        previous, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+        try:  # none of Orbax's exceptions proves damage
+            return self._attempt(lambda: self._manager.restore(step, args=ocp.args.Composite(**items)),
+                                 lambda error: self._unreadable(step, error))
+        finally:
+            gc.collect()
+            sys.unraisablehook = previous
 
     def _check_complete(self, step: int, items) -> None:
         """Every item folder asked for is there: a missing one is damage, shown by the listing."""
@@ -299,12 +301,9 @@ class Checkpoints:
             raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged (its {missing[0]} folder "
                                     "is missing).")
 
-    def _verify(self, step: int, meta: dict[str, Any], **restored) -> None:
-        """Each restored array against the digest recorded when it was saved (checkpoints from
-        before the digests have none: nothing to compare)."""
+    def _verify(self, step: int, meta: dict[str, Any], restored: dict[str, Any]) -> None:
+        """Each restored array against the digest recorded when it was saved."""
         recorded = meta.get("digests") if isinstance(meta, dict) else None
-        if recorded is None:
-            return
         for item, tree in restored.items():
             listed = recorded.get(item) if isinstance(recorded, dict) else None
             for name, array in _named_arrays(tree).items():
@@ -315,13 +314,20 @@ class Checkpoints:
                     raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged: its {item} "
                                             f"{name} differs from the digest recorded when it was saved.")
 
+    @staticmethod
+    def _attempt(action, failure):
+        """action(), a library's exception raised as failure(error), our one sentence; raised out
+        here, Orbax's error (and the coroutines it holds) is already gone."""
+        try:
+            return action()
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many types
+            sentence = failure(error)
+        raise sentence
+
     def _unreadable(self, step: int, error: Exception) -> UnreadableCheckpoint:
         return UnreadableCheckpoint(f"Checkpoint step {step} in {self.directory} cannot be read ({_reason(error)}).")
-
-    def _drop_superseded(self) -> None:
-        """Remove the checkpoints Orbax renamed away: no longer the run's, never read again."""
-        if self._writer and jax.process_index() == 0:
-            shutil.rmtree(self.directory / SUPERSEDED, ignore_errors=True)
 
     def _save_failed(self, error: Exception) -> SaveFailed:
         # Which save failed is in the reason (Orbax reports the previous one's failure in the next).
@@ -332,25 +338,23 @@ class Checkpoints:
         kept = "the checkpoints saved before it are intact." if saved else "no checkpoint had been saved before it."
         return SaveFailed(f"Saving a checkpoint in {self.directory} failed ({_reason(error)}); {kept}")
 
+    def _drop_superseded(self) -> None:
+        """Remove the checkpoints Orbax renamed away: no longer the run's, never read again."""
+        if self._writer and jax.process_index() == 0:
+            shutil.rmtree(self.directory / SUPERSEDED, ignore_errors=True)
+
     def __enter__(self) -> "Checkpoints":
         return self
-
-    def wait(self) -> None:
-        """Block until the saves started so far are on disk; a failed one is SaveFailed."""
-        try:
-            self._manager.wait_until_finished()
-        except Exception as error:  # noqa: BLE001
-            raise self._save_failed(error) from None
 
     def __exit__(self, *exc_info) -> None:
         """Wait until every asynchronous save is on disk (or has failed, in one sentence), then let
         Orbax's threads go, so the process can end."""
         try:
-            self._manager.wait_until_finished()
+            self.wait()
             self._drop_superseded()
-        except Exception as error:  # noqa: BLE001
+        except SaveFailed:
             if exc_info[1] is None:
-                raise self._save_failed(error) from None
+                raise
         finally:
             with contextlib.suppress(Exception):
                 self._manager.close()

@@ -8,15 +8,20 @@ random bits do not depend on how an array is sharded), the same update, up to th
 which floats are summed.
 
 Several hosts: launched with the standard jax.distributed environment (JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES, JAX_PROCESS_ID), every process runs the same program over the global mesh;
-runtime/peers.py joins them and gives them one outcome.
+JAX_NUM_PROCESSES, JAX_PROCESS_ID), every process runs the same program over the global mesh.
+jax.distributed bounds every wait: joining (--join-timeout) and a peer gone silent (--peer-timeout,
+its heartbeat), after which it ends the other processes itself. What can fail at start-up is
+agreed in one exchange (agree_on_start), so every process ends with the same sentence.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import threading
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
@@ -25,7 +30,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmnist.config import Config, flag
 from jaxmnist.errors import UserError
-from jaxmnist.runtime import peers
 
 T = TypeVar("T")
 
@@ -37,11 +41,76 @@ class MeshError(UserError):
 
 
 def start_backend(join_timeout: float, peer_timeout: float) -> None:
-    """Join a multi-process run when the environment describes one (runtime/peers.py), then start
-    JAX's backend, so that a backend that cannot start is one sentence (MeshError) before any
-    other work."""
-    peers.join(join_timeout, peer_timeout)
+    """Join a multi-process run when the environment describes one, then start JAX's backend, so
+    that a backend that cannot start is one sentence (MeshError) before any other work."""
+    join(join_timeout, peer_timeout)
     all_devices()
+
+
+def join(join_timeout: float, peer_timeout: float) -> None:
+    """jax.distributed.initialize for the processes the environment describes (JAX_NUM_PROCESSES
+    above 1), with both of its time limits; a no-op for a one-process run. Its own aborts (the
+    others never came, a peer went silent) are its own log lines: docs/devices.md reads them."""
+    count = _whole_number("JAX_NUM_PROCESSES", "1")
+    if count <= 1:
+        return
+    index = os.environ.get("JAX_PROCESS_ID")
+    if index is not None and not 0 <= _whole_number("JAX_PROCESS_ID") < count:
+        raise UserError(f"JAX_PROCESS_ID must be between 0 and {count - 1} (JAX_NUM_PROCESSES is {count}), got {index}.")
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    who = f"Process {index} of {count}" if index else "This process"
+    waiting = threading.Timer(5, logging.getLogger("jaxmnist").warning, (
+        f"{who} is waiting for the others at {address or 'the coordinator'} (up to --join-timeout {join_timeout:g} s) ...",))
+    waiting.start()
+    try:
+        jax.distributed.initialize(address, count, None if index is None else int(index),
+                                   initialization_timeout=int(join_timeout), heartbeat_timeout_seconds=int(peer_timeout))
+    finally:
+        waiting.cancel()
+
+
+def _whole_number(variable: str, default: str | None = None) -> int:
+    value = os.environ.get(variable, default)
+    if not (value and value.strip().isdigit()):
+        raise UserError(f"{variable} must be a whole number, got {value!r}.")
+    return int(value)
+
+
+def agree_on_start(failure: UserError | None, settings: dict[str, Any], timeout: float) -> None:
+    """One exchange at the end of start-up, before anything is written: each process gives its
+    outcome (a failure's sentence, or its settings). Any failure, or settings that differ from
+    process 0's, is raised on every process as the same sentence; a one-process run raises its own.
+    settings maps each flag's name (`lr`) to its value, and "data" to the data's fingerprint."""
+    if jax.process_count() == 1:
+        if failure:
+            raise failure
+        return
+    from orbax.checkpoint import multihost  # noqa: PLC0415 - its client is jax.distributed's own
+
+    client, me, count = multihost.get_jax_distributed_client(), jax.process_index(), jax.process_count()
+    mine = {"failure": str(failure), "code": failure.exit_code} if failure else {"settings": settings}
+    client.key_value_set(f"jaxmnist/start/{me}", json.dumps(mine, sort_keys=True))
+    try:
+        client.wait_at_barrier("jaxmnist/start", int(timeout * 1000))
+        outcomes = [json.loads(client.blocking_key_value_get(f"jaxmnist/start/{p}", 1000)) for p in range(count)]
+    except Exception:  # noqa: BLE001 - DEADLINE_EXCEEDED: a process still loading its data, or stuck
+        raise UserError(f"Process {me} of {count} waited --join-timeout {timeout:g} s for the other processes to finish "
+                        "starting (loading their data); start them all together, or give a longer --join-timeout.") from None
+    failed = next((p for p, outcome in enumerate(outcomes) if "failure" in outcome), None)
+    if failed is not None:
+        error = UserError(f"Process {failed} of {count}: {outcomes[failed]['failure']}")
+        error.exit_code = outcomes[failed]["code"]
+        raise error
+    first = outcomes[0]["settings"]
+    for p, outcome in enumerate(outcomes[1:], 1):
+        name = next((name for name in first if outcome["settings"].get(name) != first[name]), None)
+        if name is not None:
+            raise UserError(f"Process {p} of {count} has {_as_given(name, outcome['settings'][name])}, process 0 "
+                            f"{_as_given(name, first[name])}; start every process with the same flags and data.")
+
+
+def _as_given(name: str, value: Any) -> str:
+    return f"data with fingerprint {value}" if name == "data" else f"{flag(name)} {value}"
 
 
 DETERMINISTIC_GPU_FLAG = "--xla_gpu_deterministic_ops=true"
@@ -124,35 +193,12 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def main_process_first(name: str, action: Callable[[], T]) -> T:
-    """Run action on process 0 first and on the others after it, so that what it writes to a shared
-    disk (a TFDS download, a removal) happens once, and the others find it done."""
-    if jax.process_count() == 1:
-        return action()
-    if is_main_process():
-        result = action()
-        multihost_utils.sync_global_devices(name)
-        return result
-    multihost_utils.sync_global_devices(name)
-    return action()
-
-
 def on_main_process(name: str, action: Callable[[], T]) -> T | None:
     """Run action on process 0 alone; every process waits until it is done."""
     result = action() if is_main_process() else None
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
     return result
-
-
-def agree(stop_signal: int, save_due: bool) -> tuple[int, bool]:
-    """One decision for every process: stop if any process was asked to (the signal it got), and
-    save when process 0's clock says so. An Orbax save is collective, so processes that decided
-    alone would wait for each other forever."""
-    if jax.process_count() == 1:
-        return stop_signal, save_due
-    votes = multihost_utils.process_allgather(np.array([stop_signal, int(save_due)], np.int32))  # [processes, 2]
-    return int(votes[:, 0].max()), bool(votes[0, 1])
 
 
 def describe(mesh: Mesh) -> str:

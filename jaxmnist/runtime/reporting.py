@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from jaxmnist.errors import UserError
 from jaxmnist.runtime.dashboard import Dashboard
-from jaxmnist.runtime.workdir import RUN_MARKER, append_line, replace_file
+from jaxmnist.runtime.workdir import FORMAT, RUN_MARKER, append_line, replace_file
 
 log = logging.getLogger("jaxmnist")
 
@@ -84,7 +84,7 @@ def write_config(workdir: Path, identity: dict[str, Any], device: str) -> None:
     config.json costs nothing. Written atomically: a kill never leaves half a file.
     """
     versions = {name: package_version(name) for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")}
-    record = RUN_MARKER | identity | {"versions": versions, "device": device}
+    record = RUN_MARKER | {"format": FORMAT} | identity | {"versions": versions, "device": device}
     replace_file(workdir / "config.json", json.dumps(record, indent=2) + "\n")
 
 

@@ -1,7 +1,11 @@
-"""Ctrl-C and SIGTERM as a request that training honours at its next step boundary.
+"""Ctrl-C, SIGTERM and SIGHUP as a request that training honours at its next step boundary.
 
-SIGTERM is what SLURM, Kubernetes and preemptible cloud machines send before they kill a job:
-it gets the same treatment as Ctrl-C, so either one ends the run with its state saved.
+SIGTERM is what SLURM, Kubernetes and preemptible cloud machines send before they kill a job, and
+SIGHUP what a closed terminal or SSH session sends: all three end the run with its state saved.
+SIGQUIT (Ctrl-\\) keeps Python's default, an immediate end: the way out when a save itself hangs.
+
+In a multi-process run every process asks all the others at each chunk's start (checkpoint.py), so
+they stop together at the same step whichever of them was signalled.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ from typing import Iterator
 
 from jaxmnist.errors import UserError
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopRequest:
-    """Set by a signal handler; read by the loop between steps, so no step is cut in half."""
+    """Set by a signal handler; read between chunks of steps, so no step is cut in half."""
 
     def __init__(self) -> None:
-        self.signal = 0  # the signal's number, 0 while none arrived
+        self.signal = 0  # the first signal's number, 0 while none arrived
 
     def listen(self) -> None:
         """(Re)install the handlers: jax.distributed.initialize installs its own for SIGTERM."""
@@ -34,7 +38,7 @@ class StopRequest:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
-    """Within the block, SIGINT and SIGTERM set the request instead of interrupting the program."""
+    """Within the block, SIGINT, SIGTERM and SIGHUP set the request instead of ending the program."""
     request = StopRequest()
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     request.listen()
@@ -56,7 +60,7 @@ class TrainingStopped(UserError):
 
 
 class Interrupted(TrainingStopped):
-    """Ctrl-C or SIGTERM: the state was saved and the run can be resumed."""
+    """A stop signal: the state was saved and the run can be resumed."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

@@ -1,8 +1,8 @@
 """The run's folder is the user's: what may be written there, by whom, and what --restart removes.
 
-A folder is a jaxmnist run when its config.json carries RUN_MARKER (or, from before the marker,
-when it holds checkpoints with a config inside). Nothing here imports JAX, so these checks run
-before any expensive work, and before anything is written.
+A folder is a jaxmnist run when its config.json carries RUN_MARKER (or, its config.json lost, when
+it holds checkpoints with a meta item). Nothing here imports JAX, so these checks run before any
+expensive work, and before anything is written. replace_file is the one atomic write.
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ from jaxmnist.config import EMPTY_PATH, Config, flag
 from jaxmnist.errors import UserError
 
 RUN_MARKER = {"written_by": "jaxmnist"}
+FORMAT = 2  # of config.json and every checkpoint's meta; another is refused (check_format), never migrated
 LOCK_FILE = ".jaxmnist.lock"
 # Everything a run and its tools write, and so everything --restart may remove; nothing else.
 FOLDERS = {"checkpoints", "damaged-checkpoints", "tensorboard", "eval", "plots", "profile"}  # the others are files
 RUN_OUTPUTS = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "tensorboard", "eval", "plots", "profile",
                "config.json")
-
-_DEFAULTS = Config().recipe_dict()  # what a run recorded before a setting existed meant
-
 
 # Characters the deepest file of a run adds below its workdir, with room to spare: an Orbax save's
 # checkpoints/<step>.orbax-checkpoint-tmp-<time>/opt_state/ocdbt.process_0/d/<32 hex digits>.
@@ -108,7 +106,7 @@ def _shown(value: str) -> str:
     return value if len(value) <= 80 else f"{value[:60]}...({len(value)} characters)"
 
 
-def replace_file(path: Path, content: str | bytes) -> None:
+def replace_file(path: Path, content: str | bytes, mode: int = 0o644) -> None:
     """Write a whole file or none of it: into a file beside it, forced to the disk, then renamed
     over it, so a kill at any moment leaves the old content or the new, never an empty or half
     file. A symbolic link at path is refused, never followed."""
@@ -117,7 +115,7 @@ def replace_file(path: Path, content: str | bytes) -> None:
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # one per process: two writers never mix
     data = content.encode() if isinstance(content, str) else content
     try:
-        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644), "wb") as file:
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode), "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -144,11 +142,11 @@ def sync_folder(folder: Path) -> None:
 
 
 def is_run(path: Path) -> bool:
-    """Whether a folder was written by jaxmnist: its config.json says so, or (a config.json lost or
-    from before the marker) its checkpoints hold a run's meta item."""
+    """Whether a folder was written by jaxmnist: its config.json says so, or (a config.json lost)
+    its checkpoints hold a run's meta item."""
     try:
         record = json.loads((path / "config.json").read_text())
-        if isinstance(record, dict) and (record.get("written_by") == RUN_MARKER["written_by"] or _older_run(record)):
+        if isinstance(record, dict) and record.get("written_by") == RUN_MARKER["written_by"]:
             return True
     except (OSError, ValueError):
         pass
@@ -156,12 +154,12 @@ def is_run(path: Path) -> bool:
     return checkpoints.is_dir() and any((step / "meta").is_dir() for step in checkpoints.iterdir() if step.name.isdigit())
 
 
-def _older_run(record: dict) -> bool:
-    """A config.json jaxmnist wrote before its marker: its library versions and its recipe, not just
-    any file with a "versions" key (a web app's own config.json must never be taken for a run)."""
-    versions, config = record.get("versions"), record.get("config")
-    return (isinstance(versions, dict) and "jax" in versions and "optax" in versions
-            and isinstance(config, dict) and {"batch_size", "lr", "epochs"} <= config.keys())
+def check_format(record: dict[str, Any], what: str) -> None:
+    """Refuse a record (config.json, a checkpoint's meta) of another format: read as this one, its
+    numbers could be misread without a word. Records from before the field existed are format 1."""
+    if record.get("format", 1) != FORMAT:
+        raise WorkdirError(f"{what} are of jaxmnist's format {record.get('format', 1)}, and this jaxmnist reads "
+                           f"format {FORMAT}; use the jaxmnist that wrote them, or --restart to train afresh.")
 
 
 def _only_empty_leftovers(path: Path) -> bool:
@@ -244,8 +242,8 @@ def recipe_differences(saved: dict[str, Any], config: Config) -> list[str]:
     resume may continue the run. More --epochs may continue a step schedule (its decay ignores the
     total), not a cosine one."""
     current = config.recipe_dict()
-    return [f"{flag(name)} {saved.get(name, _DEFAULTS[name])} -> {current[name]}" for name in current
-            if saved.get(name, _DEFAULTS[name]) != current[name] and not (name == "epochs" and config.schedule == "step")]
+    return [f"{flag(name)} {saved.get(name)} -> {current[name]}" for name in current
+            if saved.get(name) != current[name] and not (name == "epochs" and config.schedule == "step")]
 
 
 def check_resumable(saved: dict[str, Any], config: Config) -> None:
