@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxmnist.apps.sweep.plan import Run
+from jaxmnist.runtime.workdir import replace_file
 
 
 def script(command: Sequence[str], train_flags: Sequence[str], runs: Sequence[Run], root: Path) -> str:
@@ -41,7 +42,4 @@ exec {shlex.join(command)} --array-task "$SLURM_ARRAY_TASK_ID"{" -- " + shlex.jo
 def write(path: Path, command: Sequence[str], train_flags: Sequence[str], runs: Sequence[Run], root: Path) -> None:
     """Write the script (whole or not at all) and the root its tasks write their output into."""
     root.mkdir(parents=True, exist_ok=True)  # SLURM cannot open --output in a missing folder
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(script(command, train_flags, runs, root))
-    partial.chmod(0o755)
-    partial.replace(path)
+    replace_file(path, script(command, train_flags, runs, root), mode=0o755)

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from jaxmnist.apps.sweep.plan import Run, epoch_records
 from jaxmnist.runtime.ranking import rank
+from jaxmnist.runtime.workdir import replace_file
 
 # (column, the record's key, final or best epoch); validation columns only where a run has them.
 METRICS = (("final test", "test_accuracy", "final"), ("best test", "test_accuracy", "best"),
@@ -109,8 +110,6 @@ def write(root: Path, rows: list[Row]) -> list[Path]:
     """summary.md and summary.csv into root, each replaced whole (a kill never leaves half a table)."""
     written = []
     for name, text in (("summary.md", markdown(rows)), ("summary.csv", csv_text(rows))):
-        partial = root / f"{name}.partial"
-        partial.write_text(text)
-        partial.replace(root / name)
+        replace_file(root / name, text)
         written.append(root / name)
     return written
