@@ -214,3 +214,34 @@ def test_one_workdir_prints_and_writes_as_before(trained_run, tmp_path, capsys):
     assert errors == "" and printed == expected and "ommittee" not in printed
     assert printed.startswith(f"Checkpoint step {report['step']} (epoch {report['epoch']})\n") and "\nTest Accuracy: " in printed
     assert "--out is for a committee" in _one_line_failure(["--workdir", str(workdir), "--out", str(tmp_path / "x")], capsys)
+
+
+def test_the_confusion_matrix_has_a_row_per_true_label(trained_run):
+    """Row t counts the images labelled t, column p those predicted p: transposed, the rows would count predictions."""
+    workdir, dataset, _ = trained_run
+    report = evaluate.evaluate_checkpoint(workdir, "latest", dataset=dataset)
+    matrix = np.asarray(report["confusion_matrix"])
+    np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(dataset.test_labels, minlength=10))
+    predictions = evaluate.load_model(workdir, step="latest")(dataset.test_images).argmax(axis=1)
+    np.testing.assert_array_equal(matrix.sum(axis=0), np.bincount(predictions, minlength=10))
+    assert (matrix.sum(axis=0) != matrix.sum(axis=1)).any(), "a matrix whose rows and columns sum alike proves nothing"
+
+
+def test_the_test_loss_is_plain_cross_entropy_even_when_training_smooths_labels(tmp_path):
+    """--label-smoothing changes the training loss only: the recorded test loss is the mean
+    cross-entropy against the true labels, computed here from the saved model by hand."""
+    import jax
+    import optax
+    from conftest import make_mnist
+
+    from jaxmnist.core.augment import normalize
+
+    dataset = make_mnist(200, 30)
+    [record] = run.train_and_evaluate(Config(workdir=str(tmp_path / "run"), epochs=1, eval_batch_size=16,
+                                             label_smoothing=0.3, allow_small_data=True), dataset)
+    restored = evaluate.restore_model(tmp_path / "run", "latest")
+    logits = restored.model.apply(restored.variables, normalize(dataset.test_images))
+    by_hand = float(optax.softmax_cross_entropy_with_integer_labels(logits, dataset.test_labels).mean())
+    smoothed = float(optax.softmax_cross_entropy(logits, optax.smooth_labels(jax.nn.one_hot(dataset.test_labels, 10), 0.3)).mean())
+    assert record["test_loss"] == pytest.approx(by_hand, rel=1e-4)
+    assert abs(smoothed - by_hand) > 1e-2  # the two differ enough for the test to tell them apart

@@ -124,6 +124,35 @@ def test_dropout_acts_in_training_only(tiny_mnist):
     np.testing.assert_array_equal(model.apply(variables, images), model.apply(variables, images))
 
 
+@pytest.mark.parametrize("model", ["lab", "resnet"])
+@pytest.mark.parametrize("rate", [0.3, 0.6])
+def test_dropout_zeroes_the_fraction_asked_and_scales_the_rest(tiny_mnist, model, rate):
+    """What reaches nn.Dropout and what leaves it, in training: about `rate` of the values zeroed,
+    the others divided by 1 - rate (inverted dropout: the same expected value as without it)."""
+    import flax.linen as nn
+
+    config = parse_config(["--model", model, "--dropout", str(rate)], prog="test", description="")
+    built = build_model(config)
+    variables = built.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if isinstance(context.module, nn.Dropout):
+            seen.append((np.asarray(args[0]), np.asarray(out)))
+        return out
+
+    images = normalize(jnp.asarray(np.repeat(tiny_mnist.train_images, 4, axis=0)[:256]))
+    with nn.intercept_methods(record):
+        built.apply(variables, images, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+    [(inputs, outputs)] = seen
+    live = inputs != 0
+    dropped = (outputs == 0) & live
+    assert dropped.sum() / live.sum() == pytest.approx(rate, abs=0.03)
+    kept = live & ~dropped
+    np.testing.assert_allclose(outputs[kept], inputs[kept] / (1 - rate), rtol=1e-5)
+
+
 # --- what a finished run reports ----------------------------------------------------------------------
 
 def test_accuracy_is_the_percentage_of_test_images_read_right(tmp_path, tiny_mnist, caplog):

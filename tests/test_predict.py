@@ -246,6 +246,8 @@ def test_exif_orientation_turns_the_picture_upright(tmp_path):
 def test_wide_pixels_are_scaled_from_their_own_range_not_clipped():
     levels = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
     np.testing.assert_allclose(as_shown(Image.fromarray(levels)), levels / 65535.0, atol=1e-6)  # I;16
+    twelve_bits = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)  # a 12-bit scan in 16-bit words
+    np.testing.assert_allclose(as_shown(Image.fromarray(twelve_bits)), twelve_bits / 65535.0, atol=1e-6)
     unit = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     np.testing.assert_allclose(as_shown(Image.fromarray(unit)), unit, atol=1e-6)  # F, 0..1
     raw = unit * 1000 - 200  # float data of another range: its own min..max

@@ -224,6 +224,21 @@ def test_resuming_on_other_data_is_refused_naming_both(finished_run, idx_dir, tm
     assert _files(finished_run) == before
 
 
+def test_other_images_put_in_the_run_s_own_data_folder_are_refused_too(tmp_path, capsys):
+    """The same folder, the same kind of files, other images: the fingerprint tells, not the name."""
+    data = write_idx(tmp_path / "data", make_mnist(200, 30))
+    workdir = tmp_path / "run"
+    assert train.main(["--idx-dir", str(data), "--workdir", str(workdir), "--epochs", "1", *SMALL]) == 0
+    write_idx(data, make_mnist(200, 30, seed=1))  # replaced in place, as a download or a copy would
+    before = _files(workdir)
+    capsys.readouterr()
+    assert train.main(["--idx-dir", str(data), "--workdir", str(workdir), "--epochs", "2", *SMALL]) == 1
+    line = _one_error_line(capsys)
+    assert line.startswith(f"{workdir} was trained on IDX files in {data} (fingerprint ")
+    assert f"not on IDX files in {data} (" in line and line.endswith("resume with its own data, or --restart.")
+    assert _files(workdir) == before
+
+
 def test_evaluate_prints_its_report_on_a_read_only_workdir_and_refuses_odd_steps(finished_run, capsys):
     from jaxmnist.apps import evaluate
 
