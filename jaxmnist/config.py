@@ -126,7 +126,10 @@ class Config:
             ("join_timeout", 1 <= self.join_timeout < math.inf, "must be at least 1 second"),
             ("peer_timeout", 2 <= self.peer_timeout < math.inf, "must be at least 2 seconds"),
             ("validation", self.validation >= 0, "must be 0 (none) or a number of training images to hold out"),
-            ("lr", 0 < self.lr < math.inf, "must be a finite positive number"),
+            # Training computes in float32: a rate below its normal range rounds towards 0, one above
+            # it is infinite, and neither trains (a "best" of 10% was saved for --lr 1e-50).
+            ("lr", FLOAT32_TINY <= self.lr <= FLOAT32_MAX, "must be a finite positive number that float32 holds "
+                                                          "(1.2e-38 to 3.4e38)"),
             ("lr_decay", 0 < self.lr_decay <= 1, "must be in (0, 1]"),
             ("translate", 0 <= self.translate <= 13, "must be between 0 and 13 pixels"),
             ("dropout", 0 <= self.dropout < 1, "must be in [0, 1)"),
@@ -153,6 +156,8 @@ class Config:
         """The recipe alone: what a resumed run must keep."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["recipe"]}
 
+
+FLOAT32_TINY, FLOAT32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38  # float32's normal range
 
 # The presets of --recipe. "improved" is the best combination the ablation in docs/results.md found:
 # the lab report's translation, dropout and cosine schedule, with a higher peak learning rate

@@ -37,6 +37,16 @@ def test_a_missing_idx_file_is_named(tmp_path):
         data.load_idx(str(folder))
 
 
+def test_raw_and_gzipped_files_that_differ_are_refused_and_equal_ones_read(tmp_path):
+    write_idx(tmp_path, make_mnist(20, 10), compress=True)
+    write_idx(tmp_path, make_mnist(20, 10), compress=False)  # the same images, both ways: either will do
+    assert data.load_idx(str(tmp_path)).train_images.shape == (20, 28, 28)
+    write_idx(tmp_path, make_mnist(20, 10, seed=1), compress=False)  # now the raw files are other images
+    with pytest.raises(data.DataError, match=r"holds both train-images-idx3-ubyte and train-images-idx3-ubyte.gz, "
+                                             r"and they differ; remove the one that is not your data\."):
+        data.load_idx(str(tmp_path))
+
+
 def test_tfds_without_data_or_network_fails_at_once_with_directions(tmp_path):
     with pytest.raises(data.DataError) as error:
         data.load_tfds(str(tmp_path), download_host=("127.0.0.1", 9))  # nothing listens on port 9

@@ -84,6 +84,8 @@ def test_a_different_configuration_is_refused(tmp_path, tiny_mnist):
     (["--epochs", "-1"], "--epochs must be a positive integer"),
     (["--lr", "0"], "--lr must be a finite positive number"),
     (["--lr", "inf"], "--lr must be a finite positive number"),
+    (["--lr", "1e-50"], "--lr must be a finite positive number that float32 holds (1.2e-38 to 3.4e38), got 1e-50."),
+    (["--lr", "1e39"], "--lr must be a finite positive number that float32 holds (1.2e-38 to 3.4e38), got 1e+39."),
     (["--rotation", "200"], "--rotation must be between 0 and 180"),
     (["--translate", "20"], "--translate must be between 0 and 13 pixels"),
     (["--dropout", "1"], "--dropout must be in [0, 1)"),

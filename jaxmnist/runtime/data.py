@@ -116,10 +116,17 @@ def load_idx(idx_dir: str) -> MNIST:
 
 
 def _read_idx(folder: Path, stem: str, magic: int) -> np.ndarray:
-    candidates = [folder / stem, folder / f"{stem}.gz"]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
+    found = [p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()]
+    if not found:
         raise DataError(f"{folder} has no {stem} (or {stem}.gz); it should hold the four MNIST IDX files.")
+    arrays = [_read_idx_file(path, magic) for path in found]
+    if len(arrays) == 2 and not np.array_equal(*arrays):  # which one the user meant cannot be guessed
+        raise DataError(f"{folder} holds both {stem} and {stem}.gz, and they differ; remove the one that is not "
+                        "your data.")
+    return arrays[0]
+
+
+def _read_idx_file(path: Path, magic: int) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as error:
