@@ -42,7 +42,8 @@ from child_runs import (  # scripts/, on sys.path when run as a script
 from jaxmnist.config import Config, parse_config
 from jaxmnist.core.loops import evaluate, stack_batches
 from jaxmnist.core.steps import Batch, StepOptions, create_train_state, train_step
-from jaxmnist.runtime import data, parallel
+from jaxmnist import data
+from jaxmnist.runtime import parallel
 from jaxmnist.runtime.reporting import quiet_libraries
 from jaxmnist.runtime.parallel import configure_jax
 from jaxmnist.runtime.run import train_and_evaluate

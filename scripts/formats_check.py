@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--idx-dir", required=True, help="the MNIST IDX files (the test digits come from here)")
     parser.add_argument("--count", type=int, default=300)
     args = parser.parse_args()
-    from jaxmnist.runtime.data import load_idx
+    from jaxmnist.data import load_idx
 
     mnist = load_idx(args.idx_dir)
     with tempfile.TemporaryDirectory(prefix="jaxmnist-formats-") as folder:

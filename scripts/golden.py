@@ -29,7 +29,7 @@ def golden_run(model: str = "lab") -> dict:
 
     from jaxmnist.config import Config
     from jaxmnist.runtime.checkpoint import Checkpoints
-    from jaxmnist.runtime.data import MNIST
+    from jaxmnist.data import MNIST
     from jaxmnist.runtime.run import train_and_evaluate
 
     arrays = np.load(FIXTURE)

@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--idx-dir", required=True)
     parser.add_argument("--count", type=int, default=1000)
     args = parser.parse_args()
-    from jaxmnist.runtime.data import load_idx
+    from jaxmnist.data import load_idx
 
     dataset = load_idx(args.idx_dir)
     with tempfile.TemporaryDirectory() as tmp:

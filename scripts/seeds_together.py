@@ -23,7 +23,7 @@ import numpy as np
 from jaxmnist.config import Config
 from jaxmnist.core.loops import DeviceDataset, TrainTotals, epoch_order, num_batches, run_steps_device, run_steps_of_seeds
 from jaxmnist.core.steps import StepOptions, create_train_state, derive_keys
-from jaxmnist.runtime import data
+from jaxmnist import data
 from jaxmnist.runtime.parallel import configure_jax
 
 

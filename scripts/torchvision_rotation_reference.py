@@ -13,7 +13,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
-from jaxmnist.runtime.data import load_idx
+from jaxmnist.data import load_idx
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxmnist.runtime.data import _IDX_FILES, MNIST  # noqa: E402
+from jaxmnist.data import _IDX_FILES, MNIST  # noqa: E402
 
 # The arithmetic of the default --precision float32, which training sets in parallel.configure_jax:
 # in-process tests compare with float32 references, and GPUs would otherwise use TF32.

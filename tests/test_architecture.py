@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxmnist"
-SHARED = {"jaxmnist.config", "jaxmnist.errors"}  # the recipe and the error type: every layer's vocabulary
+SHARED = {"jaxmnist.config", "jaxmnist.errors", "jaxmnist.files"}  # the recipe, the error type, the atomic write
 SYSTEM = {"os", "sys", "signal", "subprocess", "multiprocessing", "threading", "pathlib", "shutil", "tempfile",
           "socket", "io", "json"}
 
@@ -52,7 +52,16 @@ def test_the_core_imports_nothing_above_it():
 
 def test_the_runtime_imports_nothing_from_the_apps():
     assert _modules("runtime"), "no runtime package"
-    assert _violations("runtime", ("jaxmnist.core.", "jaxmnist.runtime.")) == []
+    assert _violations("runtime", ("jaxmnist.core.", "jaxmnist.runtime.", "jaxmnist.data")) == []
+
+
+def test_the_data_layer_needs_neither_jax_nor_the_runtime():
+    """jaxmnist/data.py turns files into uint8 arrays: a new dataset is added there without
+    touching the driver, and the sweep's table and the plots read data without starting JAX."""
+    imported = _imports(PACKAGE / "data.py")
+    ours = {name for name in imported if name.startswith("jaxmnist.")}
+    assert not any(name.split(".")[0] in ("jax", "jaxlib", "flax", "optax", "orbax") for name in imported)
+    assert all(any(name == m or name.startswith(m + ".") for m in SHARED) for name in ours), ours
 
 
 def test_the_core_touches_no_files_signals_or_processes():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA, make_mnist, needs_real_mnist, write_idx
 
-from jaxmnist.runtime import data
+from jaxmnist import data
 
 
 @pytest.mark.parametrize("compress", [True, False])

@@ -19,7 +19,7 @@ from jaxmnist.apps import predict
 from jaxmnist.apps.picture import MAX_PIXELS, BadPicture, as_shown, open_picture
 from jaxmnist.apps.prepare import NotADigit, prepare_digit
 from jaxmnist.config import Config
-from jaxmnist.runtime.data import load_idx
+from jaxmnist.data import load_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_output_piped_into_head_ends_quietly():
     # Many more lines than a pipe buffer holds, so the writer meets the closed pipe.
-    writer = ("from jaxmnist.runtime.reporting import log, setup_console\n"
+    writer = ("from jaxmnist.runtime.reporting import log; from jaxmnist.apps.console import setup_console\n"
               "setup_console()\n"
               "for i in range(20000): log.info('line %d of a long report', i)\n"
               "print('still running', file=__import__('sys').stderr)\n")

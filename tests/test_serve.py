@@ -25,7 +25,7 @@ pytestmark = needs_real_mnist
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One epoch on 10,000 real training images."""
-    from jaxmnist.runtime.data import load_idx
+    from jaxmnist.data import load_idx
     from jaxmnist.runtime.run import train_and_evaluate
 
     mnist = load_idx(str(SHARED_DATA / "mnist-idx"))

@@ -195,7 +195,7 @@ def test_profile_traces_the_steps_into_the_workdir(tmp_path, tiny_mnist):
 
 def test_validation_holds_out_the_last_images_never_trains_on_them_and_chooses_the_best(tmp_path, tiny_mnist, caplog):
     from jaxmnist.apps.evaluate import evaluate_checkpoint
-    from jaxmnist.runtime.data import MNIST
+    from jaxmnist.data import MNIST
 
     caplog.set_level("INFO", logger="jaxmnist")
     _, held_out = _run(tmp_path / "held-out", tiny_mnist, epochs=2, validation=40)

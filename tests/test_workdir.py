@@ -16,7 +16,7 @@ from conftest import make_mnist, write_idx
 
 from jaxmnist.apps import train
 from jaxmnist.runtime.checkpoint import Checkpoints
-from jaxmnist.runtime.data import MNIST
+from jaxmnist.data import MNIST
 from jaxmnist.runtime.workdir import LOCK_FILE, WorkdirError, check_workdir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,15 +20,17 @@ from jaxmnist.core.augment import normalize
 from jaxmnist.core.loops import evaluate, stack_batches
 from jaxmnist.core.models import build_model, computation_digest
 from jaxmnist.core.steps import EvalTotals
-from jaxmnist.runtime import data
+from jaxmnist import data
 from jaxmnist.runtime.checkpoint import (
     CheckpointError,
     Checkpoints,
     OtherModel,
     check_same_computation,
 )
-from jaxmnist.runtime.reporting import log, run_command, setup_console
-from jaxmnist.runtime.workdir import WorkdirError, check_path_argument, replace_file
+from jaxmnist.runtime.reporting import log
+from jaxmnist.apps.console import run_command, setup_console
+from jaxmnist.runtime.workdir import WorkdirError, check_path_argument
+from jaxmnist.files import replace_file
 
 DEFAULT_WORKDIR = "runs/mnist"
 MISSES_SHOWN = 20  # a committee's misses printed; the --out report holds them all

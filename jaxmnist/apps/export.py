@@ -24,8 +24,10 @@ from typing import Any, Callable, Sequence
 
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.errors import UserError
-from jaxmnist.runtime.reporting import log, package_version, run_command, setup_console
-from jaxmnist.runtime.workdir import check_path_argument, sync_folder
+from jaxmnist.runtime.reporting import log, package_version
+from jaxmnist.apps.console import run_command, setup_console
+from jaxmnist.runtime.workdir import check_path_argument
+from jaxmnist.files import sync_folder
 
 ARTIFACT = "mnist.jaxexport"
 ONNX_FILE = "mnist.onnx"

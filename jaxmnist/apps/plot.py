@@ -38,12 +38,11 @@ from jaxmnist.core.augment import random_transform  # noqa: E402
 from jaxmnist.core.loops import epoch_order  # noqa: E402
 from jaxmnist.core.steps import derive_keys, split_step_key  # noqa: E402
 from jaxmnist.errors import UserError  # noqa: E402
-from jaxmnist.runtime import data  # noqa: E402
+from jaxmnist import data  # noqa: E402
 from jaxmnist.runtime.checkpoint import Checkpoints, OtherModel  # noqa: E402
 from jaxmnist.runtime.ranking import chosen_by, rank  # noqa: E402
-from jaxmnist.runtime.run import split_validation  # noqa: E402
 from jaxmnist.runtime.reporting import MetricsLog, quiet_libraries  # noqa: E402
-from jaxmnist.runtime.workdir import check_path_argument, is_run  # noqa: E402
+from jaxmnist.runtime.workdir import check_path_argument, is_run# noqa: E402
 
 
 def run_labels(workdirs: list[Path]) -> list[str]:
@@ -191,7 +190,7 @@ def plot_structure(config: Config, out: Path) -> None:
 def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16) -> None:
     """The first images of epoch 1's first batch, shuffled and rotated exactly as training saw them."""
     keys = derive_keys(config.seed)
-    (train_images, train_labels), _ = split_validation(dataset, config.validation)  # the images trained on
+    (train_images, train_labels), _ = data.split_validation(dataset, config.validation)  # the images trained on
     order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(train_images), config.batch_size)
     ids = np.asarray(order.indices[0])
     augment_key, _ = split_step_key(jax.random.fold_in(keys.augment, 0))  # step 0's, as the train step splits it

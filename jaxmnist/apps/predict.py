@@ -24,7 +24,8 @@ import numpy as np
 from jaxmnist.apps.picture import BadPicture, open_picture
 from jaxmnist.apps.prepare import prepare_digit
 from jaxmnist.config import checkpoint_parser
-from jaxmnist.runtime.reporting import log, run_command, setup_console
+from jaxmnist.runtime.reporting import log
+from jaxmnist.apps.console import run_command, setup_console
 
 
 # Below this probability for its best digit the model is guessing more than reading: say so, since

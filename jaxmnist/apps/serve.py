@@ -30,7 +30,8 @@ from jaxmnist.apps.picture import BadPicture, open_picture
 from jaxmnist.apps.prepare import NotADigit, prepare_digit
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.errors import UserError
-from jaxmnist.runtime.reporting import log, run_command, setup_console
+from jaxmnist.runtime.reporting import log
+from jaxmnist.apps.console import run_command, setup_console
 
 
 class ServeError(UserError):

@@ -14,7 +14,7 @@ import math
 from typing import NamedTuple, Sequence
 
 from jaxmnist.config import MODEL_NAMES, OneLineParser
-from jaxmnist.runtime.reporting import run_command, setup_console
+from jaxmnist.apps.console import run_command, setup_console
 
 
 class Layer(NamedTuple):

@@ -14,7 +14,8 @@ from typing import Sequence
 
 from jaxmnist.config import parse_config
 from jaxmnist.errors import UserError
-from jaxmnist.runtime.reporting import log, setup_console
+from jaxmnist.runtime.reporting import log
+from jaxmnist.apps.console import setup_console
 from jaxmnist.runtime.stopping import stop_on_signals
 
 DESCRIPTION = """\

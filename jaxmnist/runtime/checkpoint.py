@@ -117,11 +117,6 @@ def _sha256(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def digests(tree) -> dict[str, str]:
-    """Each array's dtype and the SHA-256 of its shape and bytes ("<f4:9b1c..."), by its name."""
-    return {name: f"{array.dtype.str}:{_sha256(array)}" for name, array in _named_arrays(tree).items()}
-
-
 def _reason(error: Exception) -> str:
     """The first line of a library's error, without the internals some append (TensorStore's)."""
     text = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
@@ -232,7 +227,10 @@ class Checkpoints:
     def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Start an asynchronous save; metrics (an epoch's accuracies, ranking.rank's) make it a candidate for best."""
         arrays = {**state.variables(), "opt_state": state.opt_state, "progress": progress}
-        meta = meta | {"format": FORMAT, "digests": {item: digests(tree) for item, tree in arrays.items()}}
+        # Each array's dtype and the SHA-256 of its shape and bytes ("<f4:9b1c..."), by its name.
+        digests = {item: {name: f"{array.dtype.str}:{_sha256(array)}" for name, array in _named_arrays(tree).items()}
+                   for item, tree in arrays.items()}
+        meta = meta | {"format": FORMAT, "digests": digests}
         args = ocp.args.Composite(**{item: ocp.args.StandardSave(tree) for item, tree in arrays.items()},
                                   meta=ocp.args.JsonSave(meta))
         self._attempt(self._manager.check_for_errors, self._save_failed)  # a failed earlier save ends the run now
@@ -258,27 +256,28 @@ class Checkpoints:
         of one step. target (variables as abstract arrays with shardings) says where they go;
         without one Orbax needs the topology the checkpoint was written on."""
         target = target or {}
-        if "params" in target:
-            self.check_model(step, target["params"])
         names = ["params"] + (["batch_stats"] if (self.directory / str(step) / "batch_stats").is_dir() else [])
-        items = self._restore(step, **{name: ocp.args.StandardRestore(target.get(name)) for name in names},
-                              meta=ocp.args.JsonRestore())
-        variables = {name: items[name] for name in names}
-        self._verify(step, items.meta, variables)
-        return variables, items.meta
+        items = self._restore_verified(step, {name: target.get(name) for name in names}, target.get("params"))
+        return {name: items[name] for name in names}, items["meta"]
 
     def restore(self, step: int, state, progress) -> tuple[Any, dict[str, Any], dict[str, Any]]:
         """Everything needed to resume, shaped like the templates: (state, progress, meta)."""
-        self.check_model(step, state.params)
         templates = {**state.variables(), "opt_state": state.opt_state, "progress": progress}
-        abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
-        items = self._restore(step, **{name: ocp.args.StandardRestore(abstract(tree)) for name, tree in templates.items()},
+        items = self._restore_verified(step, jax.tree.map(ocp.utils.to_shape_dtype_struct, templates), state.params)
+        state = state.replace(step=items["progress"]["step"], params=items["params"], opt_state=items["opt_state"],
+                              batch_stats=items.get("batch_stats", state.batch_stats))
+        return state, items["progress"], items["meta"]
+
+    def _restore_verified(self, step: int, targets: dict[str, Any], params) -> dict[str, Any]:
+        """The items asked for (their targets: abstract arrays, or None), each array checked against
+        its digest, and the meta. The model is compared first, from the metadata (params given)."""
+        if params is not None:
+            self.check_model(step, params)
+        items = self._restore(step, **{name: ocp.args.StandardRestore(t) for name, t in targets.items()},
                               meta=ocp.args.JsonRestore())
-        restored = {name: items[name] for name in templates}
+        restored = {name: items[name] for name in targets}
         self._verify(step, items.meta, restored)
-        state = state.replace(step=items.progress["step"], params=items.params, opt_state=items.opt_state,
-                              batch_stats=restored.get("batch_stats", state.batch_stats))
-        return state, items.progress, items.meta
+        return restored | {"meta": items.meta}
 
     def _restore(self, step: int, **items):
         if step not in self.steps():

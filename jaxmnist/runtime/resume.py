@@ -16,7 +16,8 @@ import jax
 from jaxmnist.config import Config
 from jaxmnist.core.loops import TrainTotals
 from jaxmnist.core.models import build_model, computation_digest
-from jaxmnist.runtime import data, parallel
+from jaxmnist import data
+from jaxmnist.runtime import parallel
 from jaxmnist.runtime.checkpoint import (
     CheckpointError,
     Checkpoints,

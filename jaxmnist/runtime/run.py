@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import numpy as np
 
 from jaxmnist.config import Config
 from jaxmnist.core.loops import DeviceDataset, TrainTotals, chunks, epoch_order, evaluate, make_runner, num_batches, stack_batches
 from jaxmnist.core.models import build_model
 from jaxmnist.core.steps import StepOptions, create_train_state, derive_keys, learning_rate_schedule
 from jaxmnist.errors import UserError
-from jaxmnist.runtime import data, parallel
+from jaxmnist import data
+from jaxmnist.runtime import parallel
 from jaxmnist.runtime import workdir as workdirs
 from jaxmnist.runtime.checkpoint import Checkpoints
 from jaxmnist.runtime.dashboard import Dashboard
@@ -123,7 +123,9 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
                             ("--idx-dir", config.idx_dir), ("--cache-dir", config.cache_dir)):
             workdirs.check_path_argument(flag, value)
         path = workdirs.check_workdir(config.workdir)
-        dataset, source = _load_data(config, dataset)
+        dataset = dataset if dataset is not None else data.load(config.data_dir, config.idx_dir, config.cache_dir)
+        data.check_sizes(dataset, config.allow_small_data, config.validation, config.batch_size)
+        source = data.describe(dataset, config.data_dir, config.idx_dir)
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in PER_HOST_SETTINGS}
         settings["data"] = source.fingerprint  # what each host reads must be the same, wherever it is
         mesh = parallel.make_mesh(config.devices)
@@ -136,7 +138,7 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
     if config.restart:
         parallel.on_main_process("restart", lambda: workdirs.discard_previous_run(path))
 
-    (train_images, train_labels), (val_images, val_labels) = split_validation(dataset, config.validation)
+    (train_images, train_labels), (val_images, val_labels) = data.split_validation(dataset, config.validation)
     eval_sets = {"test": stack_batches(dataset.test_images, dataset.test_labels, config.eval_batch_size)}
     if config.validation:
         eval_sets["validation"] = stack_batches(val_images, val_labels, config.eval_batch_size)
@@ -149,15 +151,6 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
 
 
 PER_HOST_SETTINGS = ("data_dir", "idx_dir", "cache_dir", "progress")  # may differ: what they read is compared
-
-
-def split_validation(dataset: data.MNIST, validation: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(images, labels) to train on, and (images, labels) held out: --validation N holds out the
-    training split's last N images, the same whatever the seed. The data's fingerprint stays the
-    whole split's: the split is the recipe's, not the data's."""
-    split = len(dataset.train_images) - validation
-    return ((dataset.train_images[:split], dataset.train_labels[:split]),
-            (dataset.train_images[split:], dataset.train_labels[split:]))
 
 
 def _save(run: Run, checkpoints: Checkpoints, step: int, state, totals: TrainTotals, record: dict | None = None) -> None:
@@ -247,19 +240,6 @@ def _start_records(run: Run, step: int, meta: dict[str, Any]) -> None:
                  epochs_done, "" if epochs_done == 1 else "s")
     elif step:
         log.info("Resuming from epoch %d, step %d", epochs_done + 1, step)
-
-
-def _load_data(config: Config, dataset: data.MNIST | None) -> tuple[data.MNIST, data.Source]:
-    dataset = dataset if dataset is not None else data.load(config.data_dir, config.idx_dir, config.cache_dir)
-    data.check_sizes(dataset, config.allow_small_data)
-    num_train = len(dataset.train_images) - config.validation
-    if config.validation and num_train < config.batch_size:
-        raise data.DataError(f"--validation {config.validation} leaves {max(num_train, 0):,} of the "
-                             f"{len(dataset.train_images):,} training images to train on, fewer than one batch "
-                             f"(--batch-size {config.batch_size}).")
-    if config.batch_size > num_train:
-        raise data.DataError(f"--batch-size {config.batch_size} is larger than the {num_train:,} training images.")
-    return dataset, data.describe(dataset, config.data_dir, config.idx_dir)
 
 
 @contextlib.contextmanager

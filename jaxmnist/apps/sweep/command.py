@@ -24,7 +24,8 @@ from jaxmnist.apps.sweep.plan import (
     status,
 )
 from jaxmnist.config import OneLineParser
-from jaxmnist.runtime.reporting import log, run_command, setup_console
+from jaxmnist.runtime.reporting import log
+from jaxmnist.apps.console import run_command, setup_console
 from jaxmnist.runtime.stopping import exit_code
 
 DESCRIPTION = """\

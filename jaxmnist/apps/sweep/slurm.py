@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxmnist.apps.sweep.plan import Run
-from jaxmnist.runtime.workdir import replace_file
+from jaxmnist.files import replace_file
 
 
 def script(command: Sequence[str], train_flags: Sequence[str], runs: Sequence[Run], root: Path) -> str:

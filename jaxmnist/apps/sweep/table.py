@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from jaxmnist.apps.sweep.plan import Run, epoch_records
 from jaxmnist.runtime.ranking import rank
-from jaxmnist.runtime.workdir import replace_file
+from jaxmnist.files import replace_file
 
 # (column, the record's key, final or best epoch); validation columns only where a run has them.
 METRICS = (("final test", "test_accuracy", "final"), ("best test", "test_accuracy", "best"),

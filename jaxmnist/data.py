@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxmnist.errors import UserError
-from jaxmnist.runtime.workdir import replace_file
+from jaxmnist.files import replace_file
 
 IMAGE_SIZE = 28
 TRAIN_SIZE = 60_000
@@ -216,9 +216,10 @@ def _check(dataset: MNIST) -> None:
             raise DataError(f"The {split} split has labels outside 0..9.")
 
 
-def check_sizes(dataset: MNIST, allow_small: bool = False) -> None:
+def check_sizes(dataset: MNIST, allow_small: bool = False, validation: int = 0, batch_size: int = 1) -> None:
     """Each split must have MNIST's size (a short or swapped dataset must never train silently);
-    allow_small accepts fewer images, but never an empty split."""
+    allow_small accepts fewer images, but never an empty split. What --validation leaves to train
+    on must fill a batch."""
     for split, count, expected in (("train", len(dataset.train_labels), TRAIN_SIZE),
                                    ("test", len(dataset.test_labels), TEST_SIZE)):
         if count == 0:
@@ -226,6 +227,21 @@ def check_sizes(dataset: MNIST, allow_small: bool = False) -> None:
         if count != expected and not (allow_small and count < expected):
             hint = " (--allow-small-data accepts a smaller one)" if count < expected else ""
             raise DataError(f"The {split} split has {count:,} images, not MNIST's {expected:,}{hint}.")
+    num_train = len(dataset.train_images) - validation
+    if validation and num_train < batch_size:
+        raise DataError(f"--validation {validation} leaves {max(num_train, 0):,} of the {len(dataset.train_images):,} "
+                        f"training images to train on, fewer than one batch (--batch-size {batch_size}).")
+    if batch_size > num_train:
+        raise DataError(f"--batch-size {batch_size} is larger than the {num_train:,} training images.")
+
+
+def split_validation(dataset: MNIST, validation: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) to train on, and (images, labels) held out: --validation N holds out the
+    training split's last N images, the same whatever the seed. The data's fingerprint stays the
+    whole split's: the split is the recipe's, not the data's."""
+    split = len(dataset.train_images) - validation
+    return ((dataset.train_images[:split], dataset.train_labels[:split]),
+            (dataset.train_images[split:], dataset.train_labels[split:]))
 
 
 class Source(NamedTuple):

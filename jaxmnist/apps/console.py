@@ -1,0 +1,57 @@
+"""The console of every command: results on stdout, problems on stderr, one line per failure."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+from tqdm import tqdm
+
+from jaxmnist.errors import UserError
+from jaxmnist.runtime.reporting import log, quiet_libraries
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Once the reader of stdout has gone (`... | head`), drop the remaining lines quietly instead
+    of printing a traceback for each; the work itself (metrics, checkpoints, files) carries on."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with tqdm.external_write_mode(file=self.stream):  # a progress bar steps aside for the line
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            # Python's own advice: point stdout at devnull, so later lines and the exit flush pass.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        super().handleError(record)
+
+
+def setup_console() -> None:
+    """Plain lines as the lab printed them: results on stdout, warnings and errors on stderr (the
+    Unix convention, so `> log.txt` keeps the results and still shows what went wrong)."""
+    results = _ConsoleHandler(sys.stdout)
+    results.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems = _ConsoleHandler(sys.stderr)
+    problems.setLevel(logging.WARNING)
+    for handler in (results, problems):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers = [results, problems]  # idempotent: a second main() in one process must not print twice
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    quiet_libraries()
+
+
+def run_command(work: Callable[[], int | None]) -> int:
+    """A command's work with its expected failures as one line on stderr: a UserError's sentence
+    and its exit status, or Ctrl-C as "Stopped." and 130. Returns the exit status."""
+    try:
+        return work() or 0
+    except UserError as error:
+        log.error("%s", error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        log.error("Stopped.")
+        return 130
