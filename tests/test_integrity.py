@@ -115,6 +115,21 @@ def test_a_failed_export_leaves_the_previous_export_whole(workdir, tmp_path, mon
     assert _files(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["exported", "run"]
 
 
+def test_a_ctrl_c_after_the_export_is_written_still_ends_in_success(workdir, tmp_path, monkeypatch, capsys):
+    import signal
+
+    report = export._report
+
+    def interrupted_while_reporting(args, record):
+        os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C came just as "Exported" was printed
+        report(args, record)
+
+    monkeypatch.setattr(export, "_report", interrupted_while_reporting)
+    assert export.main(["--workdir", str(workdir), "--out", str(tmp_path / "exported")]) == 0
+    assert "Exported step " in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+
+
 # --- checkpoint integrity -------------------------------------------------------------------------
 
 def test_a_flipped_bit_is_refused_by_every_command_naming_the_step(workdir, tmp_path, capsys):

@@ -327,6 +327,29 @@ def test_a_reading_below_half_a_chance_says_it_is_unsure(tmp_path, monkeypatch, 
     assert [json.loads(line)["unsure"] for line in capsys.readouterr().out.splitlines()] == [True, False]
 
 
+def test_a_picture_wider_than_any_digit_is_unsure_however_sure_the_model(tmp_path, monkeypatch, capsys):
+    """A 100000x1 strip was read as a confident "2 (78.8%)": prepared, it is a flat line, wider
+    than any of MNIST's 70,000 digits (at most 2.5 times wider than tall)."""
+    strip = np.full((1, 100_000), 255, np.uint8)
+    strip[0, 40_000:60_000] = 0  # one dark line on light paper
+    Image.fromarray(strip).save(tmp_path / "strip.png")
+    page = Image.new("L", (300, 300), 255)
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(page).line([(150, 40), (150, 260)], fill=0, width=14)  # a 1: narrow and tall is a digit
+    page.save(tmp_path / "one.png")
+    sure = lambda workdir, step: lambda images: np.array([[0.01, 0.01, 0.9] + [0.08 / 7] * 7])  # noqa: E731
+    monkeypatch.setattr("jaxmnist.apps.evaluate.load_model", sure)
+    assert predict.main(["--workdir", str(tmp_path), str(tmp_path / "strip.png"), str(tmp_path / "one.png")]) == 0
+    strip_line, one_line = capsys.readouterr().out.splitlines()
+    assert strip_line.endswith("unsure: it is wider than any MNIST digit (a line, not a digit?)")
+    assert "unsure" not in one_line
+    (tmp_path / "one.png").rename(tmp_path / "-lead.png")  # a name that starts with a dash, after --
+    monkeypatch.chdir(tmp_path)
+    assert predict.main(["--workdir", str(tmp_path), "--", "-lead.png"]) == 0
+    assert capsys.readouterr().out.startswith("-lead.png: 2  (2: 90.0%")
+
+
 def test_a_page_lit_unevenly_gives_the_digit_an_even_page_gives():
     """A lamp to one side darkens half the paper: that half is paper, not ink (the border's
     median alone took it for ink, and a 2 was read as a 6)."""

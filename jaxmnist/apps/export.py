@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -185,6 +187,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _export_and_report(args) -> None:
     record = export_model(args.workdir, args.out, args.step, args.onnx)
+    # The export is whole on disk now: a Ctrl-C while it is reported would only turn success into
+    # "Stopped." and 130, so it waits until the report is out.
+    with _sigint_held():
+        _report(args, record)
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Ctrl-C is ignored inside (in the main thread; elsewhere signals never arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _report(args, record) -> None:
     written = [ARTIFACT] + ([ONNX_FILE] if "onnx" in record else []) + ["export.json"]
     log.info("Exported step %d (epoch %d) of %s to %s: %s", record["step"], record["epoch"], args.workdir, args.out,
              ", ".join(written))

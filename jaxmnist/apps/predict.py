@@ -31,6 +31,9 @@ from jaxmnist.apps.console import run_command, setup_console
 # Below this probability for its best digit the model is guessing more than reading: say so, since
 # a photo unlike MNIST's digits (uneven light, a thick pen, two digits) is read wrong with no word.
 UNSURE_BELOW = 0.5
+# No digit of MNIST's 70,000 has an ink box more than 2.5 times wider than tall: a picture prepared
+# into one (a line, a strip of scan) is not a digit, however sure the model is of its answer.
+WIDEST = 3.0
 
 
 def top_three(probabilities: np.ndarray) -> list[tuple[int, float]]:
@@ -52,11 +55,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = checkpoint_parser(prog="python -m jaxmnist.predict", description="Read the digit in each picture with a "
                            "trained model; pictures are prepared as MNIST's digits were.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files of one digit each; - reads one "
-                        "from standard input")
+                        "from standard input; a file whose name starts with - goes after -- (-- -lead.png)")
     parser.add_argument("--json", action="store_true", help="one JSON object per picture instead of a line")
     args = parser.parse_args(argv)
     setup_console()
     return run_command(lambda: _predict_each(args))
+
+
+def _wider_than_a_digit(digit: np.ndarray) -> bool:
+    """Whether a prepared digit's ink box is more than WIDEST times wider than tall."""
+    rows, cols = np.nonzero(digit > 51)  # a fifth of full ink: the antialiased fringe does not count
+    return len(rows) > 0 and (cols.max() - cols.min() + 1) > WIDEST * (rows.max() - rows.min() + 1)
 
 
 def _predict_each(args) -> int:
@@ -72,12 +81,13 @@ def _predict_each(args) -> int:
             failed = True
             continue
         likely = top_three(predict(digit[None])[0])
+        doubt = ("it is wider than any MNIST digit (a line, not a digit?)" if _wider_than_a_digit(digit) else
+                 "the picture may not look like MNIST's digits (one dark digit on even, light paper reads best)"
+                 if likely[0][1] < UNSURE_BELOW else "")
         if args.json:
-            print(json.dumps({"file": path, "digit": likely[0][0], "unsure": likely[0][1] < UNSURE_BELOW,
+            print(json.dumps({"file": path, "digit": likely[0][0], "unsure": bool(doubt),
                               "top3": [{"digit": d, "probability": round(p, 6)} for d, p in likely]}), flush=True)
         else:
             alternatives = ", ".join(f"{d}: {100 * p:.1f}%" for d, p in likely)
-            unsure = ("  unsure: the picture may not look like MNIST's digits (one dark digit on even, light paper "
-                      "reads best)" if likely[0][1] < UNSURE_BELOW else "")
-            log.info("%s: %d  (%s)%s", path, likely[0][0], alternatives, unsure)
+            log.info("%s: %d  (%s)%s", path, likely[0][0], alternatives, f"  unsure: {doubt}" if doubt else "")
     return 1 if failed else 0
