@@ -249,3 +249,44 @@ def test_a_sweep_runs_two_at_a_time_survives_ctrl_c_and_skips_finished_runs_on_r
         assert float(final_mean) == pytest.approx(statistics.mean(accuracies), abs=1e-4)
         assert float(final_std) == pytest.approx(statistics.stdev(accuracies), abs=1e-4)
     assert "| lr=3e-3, dropout=0.3 | 2 of 2 |" in (root / "summary.md").read_text()
+
+
+def test_a_second_sweep_on_the_same_root_is_refused_naming_the_first(tmp_path):
+    import fcntl
+
+    from jaxmnist.apps.sweep.command import SWEEP_LOCK
+
+    root = tmp_path / "sweep"
+    root.mkdir()
+    with open(root / SWEEP_LOCK, "w") as lock:  # the first sweep, still running
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("process 4242 on host0, started 2026-12-03 10:00:00\n")
+        lock.flush()
+        second = _sweep("--root", str(root), "--", "--idx-dir", str(tmp_path / "idx"))
+        out, err = second.communicate(timeout=120)
+    assert second.returncode == 1
+    assert err.splitlines() == [f"--root {root} is in use by another sweep (process 4242 on host0, started 2026-12-03 "
+                                "10:00:00); wait for it to finish, or use another --root."]
+    assert sorted(p.name for p in root.iterdir()) == [SWEEP_LOCK]  # no run started, no log, no table
+
+
+def test_the_runs_of_a_killed_sweep_save_and_stop_with_it(tmp_path):
+    """SIGKILL to the sweep alone (its runs are in sessions of their own): each run gets SIGTERM
+    from the kernel, saves and stops, so none trains on alone holding its workdir's lock."""
+    idx = write_idx(tmp_path / "idx", make_mnist(200, 30))
+    root = tmp_path / "sweep"
+    sweep = _sweep("--root", str(root), "--", "--idx-dir", str(idx), "--allow-small-data", "--epochs", "50",
+                   "--eval-batch-size", "10", "--batch-size", "16", "--log-every", "5", "--cache-dir", CACHE_DIR)
+    log = root / "seed=0.log"
+    deadline = time.monotonic() + 120
+    while "Train Epoch: 2 " not in _read(log):  # training, with a checkpoint saved
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.1)
+    [trainer] = [c for c in _children(sweep.pid) if "jaxmnist.train" in _read(f"/proc/{c}/cmdline")]
+    sweep.kill()
+    sweep.wait()
+    deadline = time.monotonic() + 60
+    while psutil.pid_exists(trainer) and psutil.Process(trainer).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the run trained on after its sweep was killed"
+        time.sleep(0.1)
+    assert "; the state is saved: run the same command again to resume." in _read(log).splitlines()[-1]

@@ -158,14 +158,15 @@ def remove_if_unused(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold the workdir's lock for a whole run: a second writer is refused at once, in one sentence.
+def exclusive(path: Path, flag: str = "--workdir", holder: str = "jaxmnist run", lock_file: str = LOCK_FILE) -> Iterator[None]:
+    """Hold the workdir's lock for a whole run (or a sweep's root for the whole sweep): a second
+    writer is refused at once, in one sentence naming the holder.
 
     The operating system's own lock (flock): it dies with the process that held it, so a killed run
     never blocks the next. The file keeps who holds it, for the message. It is opened without
     following a symbolic link, so a link planted there never leads the run to overwrite its target.
     """
-    lock_path = path / LOCK_FILE
+    lock_path = path / lock_file
     if lock_path.is_symlink() or lock_path.is_dir():
         raise WorkdirError(f"{lock_path} is a link or a folder, not jaxmnist's lock file; move it away and run again.")
     try:
@@ -176,11 +177,11 @@ def exclusive(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
-            holder = handle.read().strip() or "another process"
+            owner = handle.read().strip() or "another process"
             if error.errno in (errno.EAGAIN, errno.EACCES):
-                raise WorkdirError(f"--workdir {path} is in use by another jaxmnist run ({holder}); wait for it to "
-                                   "finish, or use another --workdir.") from None
-            raise WorkdirError(f"--workdir {path} cannot be locked ({error.strerror}).") from None
+                raise WorkdirError(f"{flag} {path} is in use by another {holder} ({owner}); wait for it to "
+                                   f"finish, or use another {flag}.") from None
+            raise WorkdirError(f"{flag} {path} cannot be locked ({error.strerror}).") from None
         handle.truncate(0)
         handle.write(f"process {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()

@@ -27,6 +27,7 @@ from jaxmnist.config import OneLineParser
 from jaxmnist.runtime.reporting import log
 from jaxmnist.apps.console import run_command, setup_console
 from jaxmnist.runtime.stopping import exit_code
+from jaxmnist.runtime.workdir import exclusive
 
 DESCRIPTION = """\
 Train every combination of --grid's values with every one of --seeds, each as an ordinary
@@ -86,16 +87,24 @@ def _sweep(args: argparse.Namespace, common: list[str], combinations: Sequence[C
     if args.array_task is not None:
         return _array_task(runs, args.array_task)
 
+    root.mkdir(parents=True, exist_ok=True)
+    with exclusive(root, flag="--root", holder="sweep", lock_file=SWEEP_LOCK):  # two sweeps would share runs and logs
+        return _run_here(runs, root, args.jobs)
+
+
+SWEEP_LOCK = ".jaxmnist-sweep.lock"
+
+
+def _run_here(runs: list[Run], root: Path, jobs: int) -> int:
+    """Train the runs not finished yet on this machine, then write the table of all that have."""
     statuses = {run.name: status(run) for run in runs}  # refuses a foreign folder before any run starts
     todo = [run for run in runs if statuses[run.name] is not Status.FINISHED]
     resumed = sum(statuses[run.name] is Status.STARTED for run in runs)
     log.info("Sweep of %d runs in %s: %d finished already (skipped), %d to resume, %d new; up to %d at a time.",
-             len(runs), root, len(runs) - len(todo), resumed, len(todo) - resumed, min(args.jobs, len(todo)))
-    outcome = pool.run_all(todo, args.jobs, already_done=len(runs) - len(todo)) if todo else pool.Outcome()
+             len(runs), root, len(runs) - len(todo), resumed, len(todo) - resumed, min(jobs, len(todo)))
+    outcome = pool.run_all(todo, jobs, already_done=len(runs) - len(todo)) if todo else pool.Outcome()
 
-    finished = {run.workdir for run in runs if statuses[run.name] is Status.FINISHED}
-    finished |= {run.workdir for run in outcome.finished}
-    root.mkdir(parents=True, exist_ok=True)
+    finished = {run.workdir for run in runs if status(run) is Status.FINISHED}  # each run's own records say
     rows = table.summarize(runs, finished)
     written = table.write(root, rows)
     log.info("\n%s\n(mean +- std over seeds, accuracy in %%; also in %s and %s)", table.markdown(rows).rstrip(), *written)

@@ -1,8 +1,9 @@
 """Run a sweep's training runs on this machine: several at once, each pinned to its share of the cores.
 
 Each run is its own `python -m jaxmnist.train` process, detached from the terminal (setsid), so that a signal
-reaches it only through the sweep: Ctrl-C or SIGTERM to the sweep is passed on to every run
-(each saves and stops, as it would alone), and no new run starts. A run's output goes to
+reaches it only through the sweep: Ctrl-C, SIGTERM or SIGHUP to the sweep is passed on to every run
+(each saves and stops, as it would alone), and no new run starts; if the sweep's process dies
+(even by SIGKILL), each run gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and saves and stops. A run's output goes to
 <root>/<run>.log, appended to on every start, beside its workdir (a workdir holds only what the run
 writes).
 """
@@ -10,6 +11,7 @@ writes).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
@@ -22,7 +24,7 @@ from typing import Sequence, TextIO
 
 from jaxmnist.apps.sweep.plan import Run, epoch_records
 from jaxmnist.runtime.reporting import log
-from jaxmnist.runtime.stopping import exit_code, stop_on_signals
+from jaxmnist.runtime.stopping import STOP_SIGNALS, exit_code, stop_on_signals
 
 REPORT_SECONDS = 30.0  # a progress line at least this often while runs train
 POLL_SECONDS = 0.2
@@ -51,6 +53,7 @@ class _Running:
     started: float
     output: TextIO
     epochs_before: int  # epochs a resumed run had trained before it started here
+    log_offset: int  # where this start's output begins in <run>.log
 
 
 @dataclasses.dataclass
@@ -103,10 +106,26 @@ def _start(run: Run, cores: list[int]) -> _Running:
     output.flush()
     env = os.environ | {name: str(len(cores)) for name in THREAD_VARIABLES}
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # runs sharing a GPU must not each take 75% of it
+    started_at = output.tell()  # this start's lines: its failure's reason is among them, never an older line
+
+    def in_the_child() -> None:  # before any thread exists
+        os.sched_setaffinity(0, cores)
+        _end_with_parent()
+
     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                               preexec_fn=lambda: os.sched_setaffinity(0, cores))  # before any thread exists
+                               preexec_fn=in_the_child)
     log.info("Started %s on core(s) %s.", run.name, ",".join(map(str, cores)))
-    return _Running(run, process, cores, time.monotonic(), output, _epochs_done(run))
+    return _Running(run, process, cores, time.monotonic(), output, _epochs_done(run), started_at)
+
+
+def _end_with_parent() -> None:
+    """Linux: SIGTERM to this child when the sweep's process ends, however it ends (even a SIGKILL),
+    so the run saves and stops instead of training on alone and holding its workdir's lock."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _record_end(entry: _Running, outcome: Outcome) -> None:
@@ -116,18 +135,20 @@ def _record_end(entry: _Running, outcome: Outcome) -> None:
         outcome.finished.append(run)
         last = epoch_records(run)[-1]
         log.info("Finished %s: %.2f%% test accuracy at epoch %d.", run.name, last["test_accuracy"], last["epoch"])
-    elif code in (exit_code(signal.SIGINT), exit_code(signal.SIGTERM)):
+    elif code in {exit_code(signum) for signum in STOP_SIGNALS}:
         outcome.stopped.append(run)
         log.info("Stopped %s; its state is saved.", run.name)
     else:
-        reason = _last_line(run.workdir.parent / f"{run.name}.log") or f"exit status {code}"
+        reason = _last_line(run.workdir.parent / f"{run.name}.log", entry.log_offset) or f"exit status {code}"
         outcome.failed.append((run, reason))
         log.error("%s failed: %s (all it printed: %s.log)", run.name, reason, run.workdir.parent / run.name)
 
 
-def _last_line(path: Path) -> str:
-    """The trainer's reason for failing: the last line it printed."""
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+def _last_line(path: Path, offset: int) -> str:
+    """The trainer's reason for failing: the last line it printed in this start (from offset on)."""
+    with path.open("rb") as log_file:
+        log_file.seek(offset)
+        lines = [line for line in log_file.read().decode(errors="replace").splitlines() if line.strip()]
     return lines[-1].strip() if lines else ""
 
 
