@@ -20,7 +20,8 @@ def replace_file(path: Path, content: str | bytes, mode: int = 0o644) -> None:
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # one per process: two writers never mix
     data = content.encode() if isinstance(content, str) else content
     try:
-        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode), "wb") as file:
+        with _naming(path), os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode),
+                                      "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -33,8 +34,19 @@ def replace_file(path: Path, content: str | bytes, mode: int = 0o644) -> None:
 
 def append_line(path: Path, line: str) -> None:
     """Add one line at the end of a file, never through a symbolic link."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as file:
+    with _naming(path), os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as file:
         file.write(line)
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """An OSError inside (a full disk meets write(), flush() or fsync(), which name no file) names path."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+        raise
 
 
 def sync_folder(folder: Path) -> None:

@@ -224,6 +224,41 @@ def test_resuming_on_other_data_is_refused_naming_both(finished_run, idx_dir, tm
     assert _files(finished_run) == before
 
 
+@pytest.mark.parametrize("full_at", ["config.json", "metrics.jsonl"])
+def test_a_disk_full_at_the_start_names_the_file_and_leaves_a_workdir_the_next_run_takes(idx_dir, tmp_path, monkeypatch,
+                                                                                        capsys, full_at):
+    import errno
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:  # a file whose writes meet a full disk, as write() does: no file name in the error
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fdopen(descriptor, mode="r", *args, **kwargs):
+        handle = real_fdopen(descriptor, mode, *args, **kwargs)
+        target = os.readlink(f"/proc/self/fd/{descriptor}")
+        return FullDisk(handle) if Path(target).name.startswith(full_at) else handle
+
+    workdir = tmp_path / "run"
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    assert train.main(["--idx-dir", str(idx_dir), "--workdir", str(workdir), "--epochs", "1", *SMALL]) == 1
+    monkeypatch.undo()
+    assert _one_error_line(capsys) == (f"Cannot write {workdir / full_at} (No space left on device); what was saved "
+                                       "before it is intact: run the same command again once it can be written.")
+    assert not (workdir / "tensorboard").exists()  # no event file before the first record
+    assert train.main(["--idx-dir", str(idx_dir), "--workdir", str(workdir), "--epochs", "1", *SMALL]) == 0
+
+
 def test_other_images_put_in_the_run_s_own_data_folder_are_refused_too(tmp_path, capsys):
     """The same folder, the same kind of files, other images: the fingerprint tells, not the name."""
     data = write_idx(tmp_path / "data", make_mnist(200, 30))

@@ -44,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UserError as error:
             return _fail(error.exit_code, str(error), at_once=error.leaves_threads_behind)
         except OSError as error:  # a workdir file made unwritable mid-run, or a full disk
-            return _fail(1, f"Cannot write {error.filename or 'a file'} ({error.strerror or error}); the checkpoints "
-                            "saved before it are intact.")
+            return _fail(1, f"Cannot write {error.filename or 'a file'} ({error.strerror or error}); what was saved "
+                            "before it is intact: run the same command again once it can be written.")
         except Exception as error:  # a bug: its traceback
             traceback.print_exc()
             return _fail(1, f"{type(error).__name__}: {error} (the traceback above)")

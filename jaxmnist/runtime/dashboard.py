@@ -24,20 +24,23 @@ class Dashboard:
     def __init__(self, folder: Path):
         self.folder = folder
         self._writer = None
+        self._rebuilt = False  # nothing is written before rebuild
 
     def rebuild(self, records: Iterable[dict[str, Any]]) -> None:
         """Start the event files again from these records (the ones metrics.jsonl keeps)."""
-        from tensorboardX import SummaryWriter
-
         self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
-        self._writer = SummaryWriter(str(self.folder), flush_secs=10)
+        self._rebuilt = True
         for record in records:
             self.write(record)
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._writer is None:
+        if not self._rebuilt:
             return
+        if self._writer is None:  # at the first record: a run that fails before one leaves no event file
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.folder), flush_secs=10)
         if record["kind"] == "train":
             self._writer.add_scalar("train/loss", record["loss"], record["step"])
         else:
