@@ -63,3 +63,18 @@ def test_rotation_equals_torchvision_pixel_for_pixel():
     reference = np.load(Path(__file__).parent / "data" / "torchvision_rotation.npz")
     out = rotate(jnp.asarray(reference["images"]), jnp.asarray(reference["angles"]))
     np.testing.assert_array_equal(out, reference["rotated"])
+
+
+def test_angles_span_the_whole_range_asked_and_shifts_every_whole_pixel():
+    """RandomRotation(10) draws from [-10, 10]: half the range (or a fixed sign) would still make
+    distinct images, so the draws themselves are checked, and random_transform must use them."""
+    from jaxmnist.core.augment import draw_transforms, random_transform, transform
+
+    key = jax.random.key(0)
+    degrees, shifts = draw_transforms(key, 20_000, 10.0, 2)
+    degrees, shifts = np.asarray(degrees), np.asarray(shifts)
+    assert -10.0 <= degrees.min() < -9.9 and 9.9 < degrees.max() <= 10.0
+    assert abs(degrees.mean()) < 0.2
+    assert set(np.unique(shifts)) == {-2, -1, 0, 1, 2}
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 28, 28)), jnp.uint8)
+    np.testing.assert_array_equal(random_transform(key, images, 10.0, 2), transform(images, *draw_transforms(key, 8, 10.0, 2)))

@@ -203,6 +203,16 @@ def test_best_is_the_most_accurate_epoch_not_the_first_or_the_latest(tmp_path):
     assert checkpoints.steps() == [8, 14] and checkpoints.best_step() == 8 and checkpoints.latest_step() == 14
 
 
+def test_the_best_epoch_is_the_most_accurate_even_where_another_has_the_lower_test_loss():
+    from jaxmnist.runtime.ranking import rank
+
+    epochs = [{"kind": "epoch", "step": 4, "test_accuracy": 98.0, "test_loss": 0.04},
+              {"kind": "epoch", "step": 8, "test_accuracy": 98.6, "test_loss": 0.06}]
+    assert max(epochs, key=rank)["step"] == 8  # the lab keeps the more accurate model, not the lower loss
+    held_out = [epoch | {"val_accuracy": accuracy} for epoch, accuracy in zip(epochs, (99.0, 98.0))]
+    assert max(held_out, key=rank)["step"] == 4  # with a validation set, its accuracy chooses
+
+
 def test_a_tie_keeps_the_earlier_epoch_as_the_lab_does(tmp_path):
     state = create_train_state(parse_config([], prog="test", description=""), jax.random.key(0), steps_in_epoch=4)
     directory = tmp_path / "checkpoints"
