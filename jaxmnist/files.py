@@ -20,7 +20,7 @@ def replace_file(path: Path, content: str | bytes, mode: int = 0o644) -> None:
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # one per process: two writers never mix
     data = content.encode() if isinstance(content, str) else content
     try:
-        with _naming(path), os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode),
+        with naming(path), os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode),
                                       "wb") as file:
             file.write(data)
             file.flush()
@@ -34,12 +34,12 @@ def replace_file(path: Path, content: str | bytes, mode: int = 0o644) -> None:
 
 def append_line(path: Path, line: str) -> None:
     """Add one line at the end of a file, never through a symbolic link."""
-    with _naming(path), os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as file:
+    with naming(path), os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a") as file:
         file.write(line)
 
 
 @contextlib.contextmanager
-def _naming(path: Path):
+def naming(path: Path):
     """An OSError inside (a full disk meets write(), flush() or fsync(), which name no file) names path."""
     try:
         yield

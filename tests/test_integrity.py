@@ -334,3 +334,48 @@ def test_a_path_too_long_for_the_file_system_is_one_sentence_naming_it(command, 
     assert main(argv) == 1
     line = _one_error_line(capsys)
     assert "File name too long" in line and (flag is None or line.startswith(f"{flag} {long[:60]}"))
+
+
+def test_orbax_s_closed_loop_after_a_failed_save_prints_nothing_but_other_errors_still_show(tmp_path, monkeypatch, capfd):
+    """A save that fails on a full disk: Orbax closes its event loop, and each of TensorStore's
+    pending writes met "Event loop is closed" as a traceback of its own (1 run in 4, 2026-12-03)."""
+    import sys
+    import time
+
+    import tensorstore
+
+    from jaxmnist.runtime.checkpoint import Checkpoints
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # restored after the test
+    Checkpoints(tmp_path / "checkpoints")  # a writer: its process is quiet about closed loops
+
+    def callback_raising(message):
+        def callback(_future):
+            raise RuntimeError(message)
+        promise, future = tensorstore.Promise.new()
+        future.add_done_callback(callback)
+        promise.set_result(1)
+        time.sleep(0.2)
+
+    callback_raising("Event loop is closed")
+    assert capfd.readouterr().err == ""
+    callback_raising("something else")
+    assert "RuntimeError: something else" in capfd.readouterr().err
+
+
+def test_a_full_disk_under_tensorboard_is_named_and_its_writer_writes_no_more(tmp_path, monkeypatch):
+    from jaxmnist.runtime.dashboard import Dashboard
+
+    board = Dashboard(tmp_path / "tensorboard")
+    board.rebuild([{"kind": "train", "epoch": 1, "step": 1, "loss": 2.0}])
+    events = board._writer.file_writer.event_writer
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(events, "flush", full)
+    with pytest.raises(OSError) as failure:
+        board.write({"kind": "epoch", "epoch": 1, "step": 4, "test_accuracy": 50.0})
+    assert failure.value.filename == str(tmp_path / "tensorboard")
+    assert events._closed  # so its exit hook and thread write (and fail, with tracebacks) no more
+    board.close()  # nothing left to close, and no error

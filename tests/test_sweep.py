@@ -79,7 +79,8 @@ def test_a_bad_value_is_the_trainers_own_error_before_any_run_starts(tmp_path, c
     with pytest.raises(SystemExit) as exit:
         main(["--grid", "lr=1e-3,-1", "--root", str(tmp_path / "sweep")])
     assert exit.value.code == 2
-    assert capsys.readouterr().err == "python -m jaxmnist.sweep (lr=-1_seed=0): error: --lr must be a finite positive number, got -1.0.\n"
+    assert capsys.readouterr().err == ("python -m jaxmnist.sweep (lr=-1_seed=0): error: --lr must be a finite positive number "
+                                       "that float32 holds (1.2e-38 to 3.4e38), got -1.0.\n")
     assert not (tmp_path / "sweep").exists()
 
 

@@ -148,6 +148,15 @@ def check_same_computation(meta: dict[str, Any], digest: str, checkpoint: str) -
                          "model computes something else: another activation, order of layers or operation)")
 
 
+def _quiet_about_closed_loops(unraisable) -> None:
+    """sys.unraisablehook for a writer's process, silent about one error only: the "Event loop is
+    closed" that TensorStore's callbacks meet when a save fails and Orbax closes its loop under
+    them (one traceback per pending write). The failure itself reaches the user as one sentence."""
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+        sys.__unraisablehook__(unraisable)
+
+
 class Checkpoints:
     """The checkpoints directory of one workdir. A writer passes the stop request and the save interval."""
 
@@ -174,6 +183,8 @@ class Checkpoints:
         self._manager = _Manager(self.directory, options=options)
         self._manager.stop = stop
         self._writer = not read_only
+        if self._writer and sys.unraisablehook is sys.__unraisablehook__:
+            sys.unraisablehook = _quiet_about_closed_loops
         self._drop_superseded()  # what a killed writer left
 
     def steps(self) -> list[int]:
@@ -346,14 +357,11 @@ class Checkpoints:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        """Wait until every asynchronous save is on disk (or has failed, in one sentence), then let
-        Orbax's threads go, so the process can end."""
-        try:
-            self.wait()
-            self._drop_superseded()
-        except SaveFailed:
-            if exc_info[1] is None:
-                raise
-        finally:
-            with contextlib.suppress(Exception):
-                self._manager.close()
+        """Wait until every asynchronous save is on disk, then let Orbax's threads go, so the process
+        can end. A save that failed (even while another error ends the run) is raised instead, and
+        Orbax is left as it is: closed now, its pending writes print tracebacks ("Event loop is
+        closed"), and the command ends the process at once anyway (SaveFailed.leaves_threads_behind)."""
+        self.wait()
+        self._drop_superseded()
+        with contextlib.suppress(Exception):
+            self._manager.close()

@@ -8,9 +8,13 @@ twice.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
+
+from jaxmnist.files import naming
 
 # val_* only in runs with a validation set; train_accuracy is null in an epoch resumed from a
 # checkpoint older than its counter: each is drawn where the record has it.
@@ -37,6 +41,14 @@ class Dashboard:
     def write(self, record: dict[str, Any]) -> None:
         if not self._rebuilt:
             return
+        try:
+            with naming(self.folder):  # a full disk: tensorboardX's own error names no file
+                self._write(record)
+        except OSError:
+            self._abandon()
+            raise
+
+    def _write(self, record: dict[str, Any]) -> None:
         if self._writer is None:  # at the first record: a run that fails before one leaves no event file
             from tensorboardX import SummaryWriter
 
@@ -49,7 +61,25 @@ class Dashboard:
                     self._writer.add_scalar(f"epoch/{name}", record[name], record["step"])
             self._writer.flush()  # an epoch is worth seeing at once
 
-    def close(self) -> None:
+    def _abandon(self) -> None:
+        """After a failed write, tensorboardX's thread and its exit hook would write again and print
+        a traceback each: its thread is stopped and its writer marked closed (its own flag)."""
         if self._writer is not None:
-            self._writer.close()
+            for file_writer in self._writer.all_writers.values():
+                events = file_writer.event_writer
+                with contextlib.suppress(Exception):
+                    events._worker.stop()
+                events._closed = True
+        self._writer, self._rebuilt = None, False
+
+    def close(self) -> None:
+        """The last events to disk; one that cannot be written (a full disk) is a warning, never the
+        run's failure: metrics.jsonl, the truth, has every record."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except OSError as error:
+                self._abandon()
+                logging.getLogger("jaxmnist").warning("%s could not be completed (%s); metrics.jsonl has every record.",
+                                                      self.folder, error.strerror or error)
             self._writer = None
