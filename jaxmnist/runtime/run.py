@@ -88,11 +88,9 @@ def train(run: Run, stop: StopRequest) -> list[dict[str, Any]]:
                 if step and checkpoints.should_save(step):  # Orbax's policies: the interval, or a stop asked for
                     _save(run, checkpoints, step, state, totals)
                 _stop_if_asked(checkpoints, step, run.steps_per_epoch)
-                profiling = config.profile and start == 1 and parallel.is_main_process()
-                with _profiled(profiling, run.path / "profile"):
+                with _profiled(config.profile and start == 1 and parallel.is_main_process(), run.path) as traced:
                     state, totals, loss = run.run_steps(state, totals, run.train_set, order, end - start, keys.augment)
-                    if profiling:  # a trace waits for the steps to run, not only to be dispatched
-                        jax.block_until_ready(loss)
+                    traced(loss)
                 step += end - start
                 progress.advance(min(end * config.batch_size, run.num_train) - min(start * config.batch_size, run.num_train))
                 if (end - 1) % config.log_every == 0:  # the chunk ends just after a log point: read its loss
@@ -263,12 +261,13 @@ def _own_workdir(path: Path):
 
 
 @contextlib.contextmanager
-def _profiled(wanted: bool, directory: Path):
-    """--profile: a jax.profiler trace of the chunk after the first log point (compiled by then),
-    readable in TensorBoard's profile tab or Perfetto."""
+def _profiled(wanted: bool, path: Path):
+    """--profile: a jax.profiler trace of the chunk after the first log point (compiled by then) into
+    <workdir>/profile, for TensorBoard's profile tab or Perfetto. It yields what the chunk's result
+    is handed to, so that the trace waits for the steps to run, not only to be dispatched."""
     if not wanted:
-        yield
+        yield lambda result: None
         return
-    with jax.profiler.trace(str(directory)):
-        yield
-    log.info("Profile of the steps after the first log point written to %s", directory)
+    with jax.profiler.trace(str(path / "profile")):
+        yield jax.block_until_ready
+    log.info("Profile of the steps after the first log point written to %s", path / "profile")
