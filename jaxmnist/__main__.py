@@ -1,7 +1,7 @@
-"""`python -m jaxmnist` is `python -m jaxmnist.train`."""
+"""`python -m jaxmnist` is the `jaxmnist` command: `python -m jaxmnist train --epochs 1`."""
 
 import sys
 
 from jaxmnist import cli
 
-sys.exit(cli.run("train"))
+sys.exit(cli.main())

@@ -27,12 +27,16 @@ COMMANDS = {
 # Commands that handle Ctrl-C themselves and answer --help before JAX loads: run() imports no JAX for them.
 LIGHT = ("train", "sweep")
 
-USAGE = "usage: jaxmnist {" + ",".join(COMMANDS) + "} [FLAGS]   (jaxmnist COMMAND --help: its flags)"
+USAGE = ("usage: jaxmnist {" + ",".join(COMMANDS) + "} [FLAGS]   (jaxmnist COMMAND --help: its flags; "
+         "jaxmnist --version; python -m jaxmnist is the same command)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `jaxmnist COMMAND FLAGS...` as `python -m jaxmnist.COMMAND FLAGS...`; return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        print(f"jaxmnist {version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         stream = sys.stdout if argv else sys.stderr
         print(USAGE, file=stream)
@@ -43,6 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxmnist: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
     return run(command, flags)
+
+
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's), without importing JAX."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("jaxmnist")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def run(command: str, argv: Sequence[str] | None = None) -> int:

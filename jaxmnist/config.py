@@ -174,9 +174,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 EXAMPLES = """\
 examples:
-  python -m jaxmnist.train --data-dir ../shared/data/tensorflow_datasets   # train the lab's recipe into runs/mnist
-  python -m jaxmnist.evaluate --workdir runs/mnist                         # test accuracy and errors of the best model
-  python scripts/plot.py --workdir runs/mnist                              # figures into runs/mnist/plots
+  jaxmnist train --data-dir ../shared/data/tensorflow_datasets   # train the lab's recipe into runs/mnist
+  jaxmnist evaluate --workdir runs/mnist                         # test accuracy and errors of the best model
+  jaxmnist plot --workdir runs/mnist                             # figures into runs/mnist/plots
 
 Run the same command again to resume an interrupted run; Ctrl-C saves and stops."""
 

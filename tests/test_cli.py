@@ -68,3 +68,17 @@ def test_each_python_m_entry_point_runs_its_command():
         result = subprocess.run([sys.executable, "-m", f"jaxmnist.{command}", "--help"], cwd=ROOT, capture_output=True,
                                 text=True, timeout=120)
         assert result.returncode == 0 and f"python -m jaxmnist.{command}" in result.stdout, (command, result.stderr)
+
+
+def test_python_m_jaxmnist_is_the_jaxmnist_command_and_says_its_version():
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    module = subprocess.run([sys.executable, "-m", "jaxmnist", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    command = subprocess.run([sys.executable, "-c", "import sys; from jaxmnist.cli import main; sys.exit(main())", "--help"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert module.returncode == command.returncode == 0 and module.stdout == command.stdout and "train" in module.stdout
+    version = subprocess.run([sys.executable, "-m", "jaxmnist", "--version"], capture_output=True, text=True, cwd=ROOT,
+                             timeout=60)
+    assert version.returncode == 0 and version.stdout == f"jaxmnist {metadata.version('jaxmnist')}\n"

@@ -162,7 +162,7 @@ def test_help_answers_without_loading_jax():
     script = "import sys; from jaxmnist.apps import train\ntry: train.main(['--help'])\nexcept SystemExit: pass\nprint('jax' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().endswith("False")
-    for example in ("python -m jaxmnist.train", "python -m jaxmnist.evaluate", "python scripts/plot.py"):
+    for example in ("jaxmnist train --data-dir", "jaxmnist evaluate --workdir", "jaxmnist plot --workdir"):  # as the README
         assert example in result.stdout
 
 
