@@ -259,6 +259,15 @@ def test_a_disk_full_at_the_start_names_the_file_and_leaves_a_workdir_the_next_r
     assert train.main(["--idx-dir", str(idx_dir), "--workdir", str(workdir), "--epochs", "1", *SMALL]) == 0
 
 
+def test_a_run_resumes_on_the_data_it_recorded_without_the_data_flag(finished_run, idx_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # elsewhere: the recorded path is absolute, or joined to where the run began
+    capsys.readouterr()
+    assert train.main(["--workdir", str(finished_run), "--epochs", "2", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert f"Reading the data this run recorded: {idx_dir}" in out and "Resuming from epoch 2, step 13" in out
+    assert json.loads((finished_run / "config.json").read_text())["config"]["idx_dir"] == str(idx_dir)  # and still will
+
+
 def test_other_images_put_in_the_run_s_own_data_folder_are_refused_too(tmp_path, capsys):
     """The same folder, the same kind of files, other images: the fingerprint tells, not the name."""
     data = write_idx(tmp_path / "data", make_mnist(200, 30))

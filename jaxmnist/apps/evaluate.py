@@ -29,7 +29,7 @@ from jaxmnist.runtime.checkpoint import (
 )
 from jaxmnist.runtime.reporting import log
 from jaxmnist.apps.console import run_command, setup_console
-from jaxmnist.runtime.workdir import WorkdirError, check_path_argument
+from jaxmnist.runtime.workdir import WorkdirError, check_path_argument, where_recorded
 from jaxmnist.files import replace_file
 
 DEFAULT_WORKDIR = "runs/mnist"
@@ -175,7 +175,7 @@ def load_run_data(run: dict[str, Any], data_dir: str | None = None,
     config = run["config"]
     own = data_dir is None and idx_dir is None
     if own:
-        data_dir, idx_dir = (_where_recorded(config.get(name), run.get("cwd")) for name in ("data_dir", "idx_dir"))
+        data_dir, idx_dir = (where_recorded(config.get(name), run.get("cwd")) for name in ("data_dir", "idx_dir"))
     dataset = data.load(data_dir, idx_dir, config.get("cache_dir", ""))
     source = data.describe(dataset, data_dir, idx_dir)
     recorded = run.get("data")
@@ -184,13 +184,6 @@ def load_run_data(run: dict[str, Any], data_dir: str | None = None,
                              f"{source.name} now holds other images ({source.fingerprint}); give --data-dir or "
                              "--idx-dir to evaluate on other data on purpose.")
     return dataset, source
-
-
-def _where_recorded(path: str | None, cwd: str | None) -> str | None:
-    """A path the run recorded, relative ones joined to the folder it was recorded in (when known)."""
-    if path is None or cwd is None or Path(path).expanduser().is_absolute():
-        return path
-    return str(Path(cwd) / path)
 
 
 def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.MNIST | None = None,

@@ -121,6 +121,11 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
                             ("--idx-dir", config.idx_dir), ("--cache-dir", config.cache_dir)):
             workdirs.check_path_argument(flag, value)
         path = workdirs.check_workdir(config.workdir)
+        if dataset is None and config.data_dir is None and config.idx_dir is None and not config.restart:
+            recorded = workdirs.recorded_data(path)  # resuming: the data the run recorded, unless told otherwise
+            if recorded:
+                config = dataclasses.replace(config, **recorded)
+                log.info("Reading the data this run recorded: %s", recorded.get("idx_dir") or recorded.get("data_dir"))
         dataset = dataset if dataset is not None else data.load(config.data_dir, config.idx_dir, config.cache_dir)
         data.check_sizes(dataset, config.allow_small_data, config.validation, config.batch_size)
         source = data.describe(dataset, config.data_dir, config.idx_dir)

@@ -119,6 +119,24 @@ def is_run(path: Path) -> bool:
     return checkpoints.is_dir() and any((step / "meta").is_dir() for step in checkpoints.iterdir() if step.name.isdigit())
 
 
+def recorded_data(path: Path) -> dict[str, str]:
+    """The data flags (--data-dir or --idx-dir) a run in path recorded in its config.json, relative
+    ones joined to the folder it was started from: what resuming it without them reads."""
+    try:
+        record = json.loads((path / "config.json").read_text())
+        config, cwd = record["config"], record.get("cwd")
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {name: where_recorded(config[name], cwd) for name in ("data_dir", "idx_dir") if config.get(name)}
+
+
+def where_recorded(path: str | None, cwd: str | None) -> str | None:
+    """A path a run recorded, relative ones joined to the folder it was recorded in (when known)."""
+    if path is None or cwd is None or Path(path).expanduser().is_absolute():
+        return path
+    return str(Path(cwd) / path)
+
+
 def check_format(record: dict[str, Any], what: str) -> None:
     """Refuse a record (config.json, a checkpoint's meta) of another format: read as this one, its
     numbers could be misread without a word. Records from before the field existed are format 1."""
