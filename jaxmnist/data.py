@@ -251,13 +251,16 @@ class Source(NamedTuple):
     fingerprint: str  # sha256 of the four arrays, 16 hex digits: the same images in the same order
 
 
+def source_name(data_dir: str | None, idx_dir: str | None) -> str:
+    """Where the flags say the data are: "IDX files in /data/mnist" or "TFDS mnist in ~/tensorflow_datasets"."""
+    if idx_dir is not None:
+        return f"IDX files in {Path(idx_dir).absolute()}"
+    return f"TFDS mnist in {data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'}"
+
+
 def describe(dataset: MNIST, data_dir: str | None, idx_dir: str | None) -> Source:
     """The Source record of a loaded dataset (hashing 55 MB takes about 0.1 s)."""
-    if idx_dir is not None:
-        name = f"IDX files in {Path(idx_dir).absolute()}"
-    else:
-        name = f"TFDS mnist in {data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'}"
     digest = hashlib.sha256()
     for array in dataset:
         digest.update(np.ascontiguousarray(array).tobytes())
-    return Source(name, digest.hexdigest()[:16])
+    return Source(source_name(data_dir, idx_dir), digest.hexdigest()[:16])

@@ -119,3 +119,18 @@ def test_plot_draws_only_the_curves_of_a_run_of_another_model(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert "belongs to another model" in err and "Only " in err and "curves.png was drawn" in err
     assert sorted(p.name for p in (workdir / "plots").iterdir()) == ["curves.png"]
+
+
+def test_the_confusion_matrix_s_title_fits_in_its_figure(tmp_path, monkeypatch):
+    """Its second line was cut at both edges ("20/10000 test images correct" for 9920)."""
+    from jaxmnist.apps import plot
+
+    figures = []
+    monkeypatch.setattr(plot.plt, "close", figures.append)  # keep the figure to measure it
+    matrix = np.diag([980, 1130, 1025, 1005, 975, 885, 950, 1020, 965, 985])
+    matrix[4, 9] = 7
+    plot.plot_confusion({"confusion_matrix": matrix.tolist(), "step": 4690, "correct": 9920, "test_images": 10000,
+                         "chosen_by": "validation"}, tmp_path)
+    figure = figures[0]
+    title = figure.axes[0].title.get_window_extent(figure.canvas.get_renderer())
+    assert 0 <= title.x0 and title.x1 <= figure.bbox.width and title.y1 <= figure.bbox.height

@@ -222,7 +222,7 @@ def plot_confusion(report: dict, out: Path) -> None:
                         weight="bold" if t == p or dark else None)
     ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
            title=f"Confusion matrix, step {report['step']}{_chosen(report)}\n{report['correct']}/{report['test_images']} "
-                 "test images correct (colour: mistakes only; green: correct counts)")
+                 "test images correct\n(colour: mistakes only; green: correct counts)")
     fig.colorbar(image, ax=ax, label="misclassified images")
     fig.tight_layout()
     fig.savefig(out / "confusion.png", dpi=90)

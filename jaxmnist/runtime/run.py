@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -126,7 +127,13 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
             if recorded:
                 config = dataclasses.replace(config, **recorded)
                 log.info("Reading the data this run recorded: %s", recorded.get("idx_dir") or recorded.get("data_dir"))
-        dataset = dataset if dataset is not None else data.load(config.data_dir, config.idx_dir, config.cache_dir)
+        if dataset is None:  # a first TFDS read decodes 70,000 PNGs (about 10 s): said, not silent
+            slow = threading.Timer(2.0, log.info, (f"Loading {data.source_name(config.data_dir, config.idx_dir)} ...",))
+            slow.start()
+            try:
+                dataset = data.load(config.data_dir, config.idx_dir, config.cache_dir)
+            finally:
+                slow.cancel()
         data.check_sizes(dataset, config.allow_small_data, config.validation, config.batch_size)
         source = data.describe(dataset, config.data_dir, config.idx_dir)
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in PER_HOST_SETTINGS}
