@@ -131,6 +131,11 @@ def test_the_time_left_counts_epochs_not_runs(tmp_path, caplog):
         pool._report(done=1, running=[], waiting=[long], timings=[(100.0, 5)], jobs=2)
     assert "1 done, 0 running, 1 left; about 5 min 0 s left" in caplog.text
     assert pool._epochs_done(short) == 5 and pool._epochs_done(long) == 0
+    caplog.clear()
+    last = pool._Running(short, None, [0], 0.0, None, 0, 0)  # its last epoch recorded, its process not yet ended
+    with caplog.at_level("INFO", logger="jaxmnist"):
+        pool._report(done=1, running=[last], waiting=[], timings=[(100.0, 5)], jobs=2)
+    assert "0 left; the last runs are finishing" in caplog.text and "about 0 s left" not in caplog.text
 
 
 def test_each_simultaneous_run_has_its_own_cores():

@@ -162,7 +162,9 @@ def _report(done: int, running: list[_Running], waiting: list[Run], timings: lis
         epochs_left = (sum(run.config.epochs for run in waiting)
                        + sum(max(e.run.config.epochs - _epochs_done(e.run), 0) for e in running))
         at_once = max(min(jobs, len(waiting) + len(running)), 1)
-        eta = f"about {_duration(seconds_per_epoch * epochs_left / at_once)} left"
+        # Nothing left to train is not nothing left to do: the last runs still evaluate, save and end.
+        eta = (f"about {_duration(seconds_per_epoch * epochs_left / at_once)} left" if epochs_left else
+               "the last runs are finishing")
     else:
         eta = "time left known after the first run"
     where = ", ".join(f"{e.run.name} ({_epochs_done(e.run)} of {e.run.config.epochs} epochs done)" for e in running)
