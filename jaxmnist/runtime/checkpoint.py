@@ -1,6 +1,6 @@
 """Orbax checkpoints of a run: Orbax decides when to save and which to keep; we add the digests.
 
-The only module that imports orbax. Orbax's policies decide: a save every --checkpoint-seconds and
+The only module that reads or writes checkpoints through Orbax. Orbax's policies decide: a save every --checkpoint-seconds and
 at a stop (its interval and preemption policies), and the best (ranking.rank) and the latest are
 kept. Each checkpoint holds four or five items, so that evaluation can restore the model alone:
     params, batch_stats  the model's variables (batch_stats for models with BatchNorm)

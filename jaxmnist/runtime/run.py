@@ -85,20 +85,21 @@ def train(run: Run, stop: StopRequest) -> list[dict[str, Any]]:
             started, images_before = time.perf_counter(), float(jax.device_get(totals.images))
             first_index = step - (epoch - 1) * run.steps_per_epoch
             progress.start(epoch, run.num_train, min(first_index * config.batch_size, run.num_train))
-            for start, end in chunks(first_index, run.steps_per_epoch, config.log_every):
+            for begin, end in chunks(first_index, run.steps_per_epoch, config.log_every):
                 if step and checkpoints.should_save(step):  # Orbax's policies: the interval, or a stop asked for
                     _save(run, checkpoints, step, state, totals)
                 _stop_if_asked(checkpoints, step, run.steps_per_epoch)
-                with _profiled(config.profile and start == 1 and parallel.is_main_process(), run.path) as traced:
-                    state, totals, loss = run.run_steps(state, totals, run.train_set, order, end - start, keys.augment)
+                with _profiled(config.profile and begin == 1 and parallel.is_main_process(), run.path) as traced:
+                    state, totals, loss = run.run_steps(state, totals, run.train_set, order, end - begin, keys.augment)
                     traced(loss)
-                step += end - start
-                progress.advance(min(end * config.batch_size, run.num_train) - min(start * config.batch_size, run.num_train))
+                step += end - begin
+                progress.advance(min(end * config.batch_size, run.num_train) - min(begin * config.batch_size, run.num_train))
                 if (end - 1) % config.log_every == 0:  # the chunk ends just after a log point: read its loss
                     _log_train_loss(run, float(loss), epoch, end - 1, step, checkpoints)
             progress.close()
 
             record = epoch_record(run, state, totals, epoch, step, started, images_before)
+            _stop_if_diverged(record["train_loss"], f"in epoch {epoch}", checkpoints)
             run.metrics.write(record)
             records.append(record)
             log.info(epoch_line(record))
@@ -209,8 +210,6 @@ def epoch_record(run: Run, state, totals: TrainTotals, epoch: int, step: int, st
     }
     if "validation" in results:
         record |= dict(zip(("val_loss", "val_accuracy", "val_correct", "val_images"), _scores(results["validation"])))
-    if not math.isfinite(record["train_loss"]):
-        raise TrainingStopped(f"The training loss became {record['train_loss']} in epoch {epoch}; stopped.")
     return record
 
 
@@ -224,14 +223,20 @@ def _log_train_loss(run: Run, loss: float, epoch: int, index: int, step: int, ch
     """The lab's progress line at a log point, its record, and a stop if the loss is not a number."""
     log.info(train_line(epoch, index, run.config.batch_size, run.num_train, run.steps_per_epoch, loss))
     run.metrics.write({"kind": "train", "epoch": epoch, "step": step, "loss": loss})
-    if not math.isfinite(loss):
-        best = checkpoints.best_step()
-        if best is None:
-            kept = "No epoch had ended, so no checkpoint is kept; try a lower --lr."
-        else:
-            chosen_on, accuracy = chosen_by(checkpoints.metrics(best))
-            kept = f"The best checkpoint (step {best}, {accuracy:.2f}%{' on validation' if chosen_on == 'validation' else ''}) is kept."
-        raise TrainingStopped(f"The training loss became {loss} at epoch {epoch}, step {step}; stopped. {kept}")
+    _stop_if_diverged(loss, f"at epoch {epoch}, step {step}", checkpoints)
+
+
+def _stop_if_diverged(loss: float, where: str, checkpoints: Checkpoints) -> None:
+    """A loss that is not a number ends the run, saying which checkpoint is kept."""
+    if math.isfinite(loss):
+        return
+    best = checkpoints.best_step()
+    if best is None:
+        kept = "No epoch had ended, so no checkpoint is kept; try a lower --lr."
+    else:
+        chosen_on, accuracy = chosen_by(checkpoints.metrics(best))
+        kept = f"The best checkpoint (step {best}, {accuracy:.2f}%{' on validation' if chosen_on == 'validation' else ''}) is kept."
+    raise TrainingStopped(f"The training loss became {loss} {where}; stopped. {kept}")
 
 
 def _start_records(run: Run, step: int, meta: dict[str, Any]) -> None:

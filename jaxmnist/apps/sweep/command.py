@@ -100,8 +100,8 @@ def _run_here(runs: list[Run], root: Path, jobs: int) -> int:
     statuses = {run.name: status(run) for run in runs}  # refuses a foreign folder before any run starts
     todo = [run for run in runs if statuses[run.name] is not Status.FINISHED]
     resumed = sum(statuses[run.name] is Status.STARTED for run in runs)
-    log.info("Sweep of %d runs in %s: %d finished already (skipped), %d to resume, %d new; up to %d at a time.",
-             len(runs), root, len(runs) - len(todo), resumed, len(todo) - resumed, min(jobs, len(todo)))
+    log.info("Sweep of %d runs in %s: %d finished already (skipped), %d to resume, %d new%s.", len(runs), root,
+             len(runs) - len(todo), resumed, len(todo) - resumed, f"; up to {min(jobs, len(todo))} at a time" if todo else "")
     outcome = pool.run_all(todo, jobs, already_done=len(runs) - len(todo)) if todo else pool.Outcome()
 
     finished = {run.workdir for run in runs if status(run) is Status.FINISHED}  # each run's own records say
