@@ -8,10 +8,12 @@ JAX loads, as `python -m jaxmnist.train --help` does.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from typing import Sequence
 
-from jaxmnist.runtime.stopping import exit_code, stop_on_signals
+from jaxmnist.runtime.stopping import STOP_SIGNALS, exit_code, stop_on_signals
 
 COMMANDS = {
     "train": "train the lab's CNN (or --model resnet), test it after every epoch, keep the best; resumes",
@@ -33,7 +35,7 @@ USAGE = ("usage: jaxmnist {" + ",".join(COMMANDS) + "} [FLAGS]   (jaxmnist COMMA
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `jaxmnist COMMAND FLAGS...` as `python -m jaxmnist.COMMAND FLAGS...`; return its exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    as_program, argv = argv is None, list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--version"]:
         print(f"jaxmnist {version()}")
         return 0
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"jaxmnist: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
-    return run(command, flags)
+    return run(command, flags, as_program)
 
 
 def version() -> str:
@@ -59,7 +61,7 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def run(command: str, argv: Sequence[str] | None = None) -> int:
+def run(command: str, argv: Sequence[str] | None = None, as_program: bool | None = None) -> int:
     """Run a command's main (jaxmnist/apps/<command>.py, or apps/sweep/command.py) on argv, by
     default the process's own. Its module (and JAX, for the commands that need it) is imported
     here, so Ctrl-C while they load ends as it does later: "Stopped." and status 130, not a
@@ -74,7 +76,14 @@ def run(command: str, argv: Sequence[str] | None = None) -> int:
     if stop.signal:
         print("Stopped.", file=sys.stderr)
         return exit_code(stop.signal)
-    return main_of_command(argv)
+    status = main_of_command(argv)
+    # As a program (argv from the command line): the work is done and said, and the process ends
+    # right after this; a stop while JAX and Orbax shut down (half a second) would only turn a
+    # finished run into a silent 143. Called from Python, the caller's handlers are left alone.
+    if (argv is None if as_program is None else as_program) and threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+    return status
 
 
 if __name__ == "__main__":

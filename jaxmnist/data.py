@@ -116,9 +116,12 @@ def load_idx(idx_dir: str) -> MNIST:
 
 
 def _read_idx(folder: Path, stem: str, magic: int) -> np.ndarray:
-    found = [p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()]
+    found = [p for p in (folder / stem, folder / f"{stem}.gz") if p.exists()]
     if not found:
         raise DataError(f"{folder} has no {stem} (or {stem}.gz); it should hold the four MNIST IDX files.")
+    odd = next((p for p in found if not p.is_file()), None)
+    if odd is not None:  # a pipe or a device would be read forever, or block
+        raise DataError(f"{odd} is not a regular file (a folder, a pipe or a device); it should be an MNIST IDX file.")
     arrays = [_read_idx_file(path, magic) for path in found]
     if len(arrays) == 2 and not np.array_equal(*arrays):  # which one the user meant cannot be guessed
         raise DataError(f"{folder} holds both {stem} and {stem}.gz, and they differ; remove the one that is not "

@@ -82,3 +82,30 @@ def test_python_m_jaxmnist_is_the_jaxmnist_command_and_says_its_version():
     version = subprocess.run([sys.executable, "-m", "jaxmnist", "--version"], capture_output=True, text=True, cwd=ROOT,
                              timeout=60)
     assert version.returncode == 0 and version.stdout == f"jaxmnist {metadata.version('jaxmnist')}\n"
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_stop_during_any_command_is_stopped_and_128_plus_the_signal(signum, capsys):
+    """evaluate, plot, predict, summary and export died silently on SIGTERM or SIGHUP (143, 129)."""
+    import os
+    import signal
+
+    from jaxmnist.apps.console import run_command, setup_console
+
+    number = getattr(signal, signum)
+    setup_console()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    assert run_command(lambda: os.kill(os.getpid(), number) or __import__("time").sleep(5)) == 128 + number
+    assert capsys.readouterr().err == "Stopped.\n"
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the caller's handlers are back
+
+
+def test_a_finished_command_ignores_a_stop_while_the_process_ends():
+    """A SIGTERM half a second after a run's last line turned a finished run into a silent 143."""
+    import subprocess
+    import sys
+
+    script = ("import signal; from jaxmnist import cli; cli.run('summary', ['--model', 'lab'], as_program=True); "
+              "print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, signal.getsignal(signal.SIGHUP) is signal.SIG_IGN)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("True True"), result.stderr

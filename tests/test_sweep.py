@@ -131,6 +131,9 @@ def test_the_time_left_counts_epochs_not_runs(tmp_path, caplog):
         pool._report(done=1, running=[], waiting=[long], timings=[(100.0, 5)], jobs=2)
     assert "1 done, 0 running, 1 left; about 5 min 0 s left" in caplog.text
     assert pool._epochs_done(short) == 5 and pool._epochs_done(long) == 0
+    with (short.workdir / "metrics.jsonl").open("a") as metrics:  # epoch 6 has begun: 5 are done, not 6
+        metrics.write(json.dumps({"kind": "train", "epoch": 6, "step": 101, "loss": 0.1}) + "\n")
+    assert pool._epochs_done(short) == 5
     caplog.clear()
     last = pool._Running(short, None, [0], 0.0, None, 0, 0)  # its last epoch recorded, its process not yet ended
     with caplog.at_level("INFO", logger="jaxmnist"):
@@ -296,3 +299,12 @@ def test_the_runs_of_a_killed_sweep_save_and_stop_with_it(tmp_path):
         assert time.monotonic() < deadline, "the run trained on after its sweep was killed"
         time.sleep(0.1)
     assert "; the state is saved: run the same command again to resume." in _read(log).splitlines()[-1]
+
+
+def test_the_table_of_a_sweep_with_no_finished_run_is_still_a_table(tmp_path):
+    runs = plan(parse_grid(["lr=2e-3,3e-3"]), [0], tmp_path, [])
+    text = table.markdown(table.summarize(runs, finished=set()))
+    header, separator, *rows = text.splitlines()
+    assert header == "| combination | seeds | best epoch per seed | time of a run |"
+    assert all(line.count("|") == header.count("|") for line in (separator, *rows)), text
+    assert rows[0] == "| lr=2e-3 | 0 of 1 | - | - |"

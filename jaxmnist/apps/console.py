@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Callable
 
 from tqdm import tqdm
@@ -46,7 +48,17 @@ def setup_console() -> None:
 
 def run_command(work: Callable[[], int | None]) -> int:
     """A command's work with its expected failures as one line on stderr: a UserError's sentence
-    and its exit status, or Ctrl-C as "Stopped." and 130. Returns the exit status."""
+    and its exit status, or a stop (Ctrl-C, SIGTERM, SIGHUP) as "Stopped." and 128 + the signal.
+    Returns the exit status."""
+    received = []
+
+    def interrupt(signum, _frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals reach it alone
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)} \
+        if in_main_thread else {}
     try:
         return work() or 0
     except UserError as error:
@@ -54,4 +66,7 @@ def run_command(work: Callable[[], int | None]) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         log.error("Stopped.")
-        return 130
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -39,10 +38,11 @@ from jaxmnist.core.loops import epoch_order  # noqa: E402
 from jaxmnist.core.steps import derive_keys, split_step_key  # noqa: E402
 from jaxmnist.errors import UserError  # noqa: E402
 from jaxmnist import data  # noqa: E402
+from jaxmnist.apps.console import run_command, setup_console  # noqa: E402
 from jaxmnist.runtime.checkpoint import Checkpoints, OtherModel  # noqa: E402
 from jaxmnist.runtime.ranking import chosen_by, rank  # noqa: E402
-from jaxmnist.runtime.reporting import MetricsLog, quiet_libraries  # noqa: E402
-from jaxmnist.runtime.workdir import check_path_argument, is_run# noqa: E402
+from jaxmnist.runtime.reporting import MetricsLog, log  # noqa: E402
+from jaxmnist.runtime.workdir import check_path_argument, is_run  # noqa: E402
 
 
 def run_labels(workdirs: list[Path]) -> list[str]:
@@ -264,17 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="TFDS data directory (default: the run's own data source)")
     parser.add_argument("--idx-dir", help="MNIST IDX files (default: the run's own data source)")
     args = parser.parse_args(argv)
-    quiet_libraries()
-    try:
+    setup_console()  # a warning (a torn metrics line) is one plain line, as every command's
+
+    def work() -> None:
         out = draw_sweep(Path(args.sweep), args.out) if args.sweep else draw(args)
-    except UserError as error:
-        print(error, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("Stopped.", file=sys.stderr)
-        return 130
-    print(f"Wrote {'sweep.png' if args.sweep else 'curves.png, samples.png, structure.png, confusion.png and errors.png'} to {out}")
-    return 0
+        written = "sweep.png" if args.sweep else "curves.png, samples.png, structure.png, confusion.png and errors.png"
+        log.info("Wrote %s to %s", written, out)
+
+    return run_command(work)
 
 
 def draw_sweep(root: Path, out: str | None) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -57,6 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files of one digit each; - reads one "
                         "from standard input; a file whose name starts with - goes after -- (-- -lead.png)")
     parser.add_argument("--json", action="store_true", help="one JSON object per picture instead of a line")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    before_dashes = argv[:argv.index("--")] if "--" in argv else argv
+    dashed = next((a for a in before_dashes if a.startswith("-") and a != "-" and not a.startswith("--")
+                   and os.path.exists(a)), None)
+    if dashed is not None:  # argparse would take it for a flag and say only that IMAGE is missing
+        parser.error(f"{dashed} is a file whose name starts with -: put it after --, as in "
+                     f"jaxmnist predict --workdir DIR -- {dashed}")
     args = parser.parse_args(argv)
     setup_console()
     return run_command(lambda: _predict_each(args))

@@ -46,10 +46,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as error:  # a workdir file made unwritable mid-run, or a full disk
             return _fail(1, f"Cannot write {error.filename or 'a file'} ({error.strerror or error}); what was saved "
                             "before it is intact: run the same command again once it can be written.")
-        except Exception as error:  # a bug: its traceback
+        except Exception as error:  # a bug: its traceback; or a collective whose peer is gone
+            lost = _peer_lost(error)
+            if lost:
+                return _fail(1, lost, at_once=True)  # jax.distributed's shutdown would wait for the lost peer
             traceback.print_exc()
             return _fail(1, f"{type(error).__name__}: {error} (the traceback above)")
     return 0
+
+
+LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe")  # Gloo's words
+
+
+def _peer_lost(error: Exception) -> str | None:
+    """One sentence for a step's collective that failed because another process of a multi-process
+    run is gone (Gloo: "Connection reset by peer"); None for anything else."""
+    jax = sys.modules.get("jax")
+    if jax is None or jax.process_count() == 1 or not any(words in str(error) for words in LOST_PEER):
+        return None
+    return (f"Process {jax.process_index()} of {jax.process_count()}: a collective failed because another process of "
+            f"the run is gone ({str(error).splitlines()[0][:160]}); what was saved is intact: start all "
+            f"{jax.process_count()} processes again to resume.")
 
 
 def _fail(code: int, sentence: str, at_once: bool = False) -> int:

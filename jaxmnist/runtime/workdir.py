@@ -140,9 +140,11 @@ def where_recorded(path: str | None, cwd: str | None) -> str | None:
 def check_format(record: dict[str, Any], what: str) -> None:
     """Refuse a record (config.json, a checkpoint's meta) of another format: read as this one, its
     numbers could be misread without a word. Records from before the field existed are format 1."""
-    if record.get("format", 1) != FORMAT:
-        raise WorkdirError(f"{what} are of jaxmnist's format {record.get('format', 1)}, and this jaxmnist reads "
-                           f"format {FORMAT}; use the jaxmnist that wrote them, or --restart to train afresh.")
+    saved = record.get("format", 1)
+    if saved != FORMAT or type(saved) is not int:  # "2", edited by hand, is not format 2
+        shown = saved if type(saved) is int else f"{saved!r} (not a format number)"
+        raise WorkdirError(f"{what} are of jaxmnist's format {shown}, and this jaxmnist reads format {FORMAT}; use the "
+                           "jaxmnist that wrote them, or --restart to train afresh.")
 
 
 def _only_empty_leftovers(path: Path) -> bool:

@@ -181,7 +181,9 @@ def _epochs_done(run: Run) -> int:
         return 0
     for line in reversed(lines):
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            return int(json.loads(line)["epoch"])
+            record = json.loads(line)
+            if record.get("kind", "epoch") == "epoch":  # a "train" record is of the epoch still training
+                return int(record["epoch"])
     return 0
 
 

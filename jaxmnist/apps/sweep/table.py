@@ -76,17 +76,16 @@ def _columns(rows: list[Row]) -> list[str]:
 def markdown(rows: list[Row]) -> str:
     """The table in Markdown: accuracies in %, mean +- std over the seeds."""
     columns = _columns(rows)
-    lines = ["| combination | seeds | " + " | ".join(columns) + " | best epoch per seed | time of a run |",
-             "|---|---|" + "---|" * len(columns) + "---|---|"]
+    header = ["combination", "seeds", *columns, "best epoch per seed", "time of a run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = []
+        cells = [row.combination, f"{len(row.seeds)} of {row.planned}"]
         for column in columns:
             mean, std = mean_and_std(row.values[column])
             cells.append("-" if mean is None else f"{mean:.2f}" + (f" +- {std:.2f}" if std is not None else ""))
         seconds = mean_and_std(row.seconds)[0]
-        lines.append(f"| {row.combination} | {len(row.seeds)} of {row.planned} | " + " | ".join(cells)
-                     + f" | {', '.join(map(str, row.best_epochs)) or '-'} | "
-                     + ("-" if seconds is None else f"{seconds:.0f} s") + " |")
+        cells += [", ".join(map(str, row.best_epochs)) or "-", "-" if seconds is None else f"{seconds:.0f} s"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
