@@ -1,7 +1,7 @@
 """Ctrl-C, SIGTERM and SIGHUP as a request that training honours at its next step boundary.
 
 SIGTERM is what SLURM, Kubernetes and preemptible cloud machines send before they kill a job, and
-SIGHUP what a closed terminal or SSH session sends: all three end the run with its state saved.
+SIGHUP what a closed terminal or a dropped SSH login sends: all three end the run with its state saved.
 SIGQUIT (Ctrl-\\) keeps Python's default, an immediate end: the way out when a save itself hangs.
 
 In a multi-process run every process asks all the others at each chunk's start (checkpoint.py), so
