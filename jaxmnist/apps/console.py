@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from jaxmnist.errors import UserError
 from jaxmnist.runtime.reporting import log, quiet_libraries
+from jaxmnist.runtime.stopping import exit_code
 
 
 class _ConsoleHandler(logging.StreamHandler):
@@ -66,7 +67,7 @@ def run_command(work: Callable[[], int | None]) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         log.error("Stopped.")
-        return 128 + (received[0] if received else signal.SIGINT)
+        return exit_code(received[0] if received else signal.SIGINT)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -195,8 +195,9 @@ class Checkpoints:
         return self._manager.latest_step()
 
     def best_step(self) -> int | None:
-        """The step Orbax keeps as best by ranking.rank, or None before any epoch has ended."""
-        return self._manager.best_step() if any(self.metrics(s) for s in self.steps()) else None
+        """The step Orbax keeps as best by ranking.rank, or None before any epoch has ended (mid-epoch
+        checkpoints carry no metrics, and Orbax ranks only those that do)."""
+        return self._manager.best_step()
 
     def metrics(self, step: int) -> dict[str, float] | None:
         """The metrics that rank an end-of-epoch checkpoint (None mid-epoch): step, test_accuracy,

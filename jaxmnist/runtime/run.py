@@ -77,7 +77,7 @@ def train(run: Run, stop: StopRequest) -> list[dict[str, Any]]:
         state, totals, step, meta = resume(checkpoints, run, state, totals)
         _stop_if_asked(checkpoints, step, run.steps_per_epoch)  # before config.json: a stopped start leaves no trace
         _start_records(run, step, meta)
-        best = chosen_by(checkpoints.metrics(checkpoints.best_step()))[1] if checkpoints.best_step() is not None else -1
+        best = (_best(checkpoints) or (None, "", -1.0))[2]  # the accuracy that chose the best so far
 
         for epoch in range(step // run.steps_per_epoch + 1, config.epochs + 1):
             order = parallel.replicate(epoch_order(jax.random.fold_in(keys.shuffle, epoch), run.num_train,
@@ -226,16 +226,22 @@ def _log_train_loss(run: Run, loss: float, epoch: int, index: int, step: int, ch
     _stop_if_diverged(loss, f"at epoch {epoch}, step {step}", checkpoints)
 
 
+def _best(checkpoints: Checkpoints) -> tuple[int, str, float] | None:
+    """The best checkpoint so far: (its step, the set that chose it, that set's accuracy); None before any epoch ended."""
+    step = checkpoints.best_step()
+    return None if step is None else (step, *chosen_by(checkpoints.metrics(step)))
+
+
 def _stop_if_diverged(loss: float, where: str, checkpoints: Checkpoints) -> None:
     """A loss that is not a number ends the run, saying which checkpoint is kept."""
     if math.isfinite(loss):
         return
-    best = checkpoints.best_step()
+    best = _best(checkpoints)
     if best is None:
         kept = "No epoch had ended, so no checkpoint is kept; try a lower --lr."
     else:
-        chosen_on, accuracy = chosen_by(checkpoints.metrics(best))
-        kept = f"The best checkpoint (step {best}, {accuracy:.2f}%{' on validation' if chosen_on == 'validation' else ''}) is kept."
+        step, chosen_on, accuracy = best
+        kept = f"The best checkpoint (step {step}, {accuracy:.2f}%{' on validation' if chosen_on == 'validation' else ''}) is kept."
     raise TrainingStopped(f"The training loss became {loss} {where}; stopped. {kept}")
 
 
