@@ -167,7 +167,9 @@ def test_seeds_trained_together_each_draw_their_own_angles(tiny_mnist):
     stack = lambda *trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
     together, _, _ = run_steps_of_seeds(stack(state, state), stack(TrainTotals.zeros(), TrainTotals.zeros()), data,
                                         stack(order, order), 3, keys, options)
+    # Batched and alone differ by float rounding only (1.5e-8 on a 2-core AMD EPYC with AVX-512,
+    # 2026-12-03), the two seeds by 6e-3: a bound of 1e-4 holds on either CPU type and tells them apart.
     for seed in range(2):
         for got, expected in zip(jax.tree.leaves(together.params), jax.tree.leaves(alone[seed])):
-            np.testing.assert_allclose(got[seed], expected, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(jax.tree.leaves(alone[0])[0], jax.tree.leaves(alone[1])[0])  # the keys do matter
+            np.testing.assert_allclose(got[seed], expected, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(jax.tree.leaves(alone[0])[0], jax.tree.leaves(alone[1])[0], rtol=1e-4, atol=1e-4)  # keys matter
