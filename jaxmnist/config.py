@@ -17,6 +17,8 @@ import math
 import sys
 from typing import Any, Sequence
 
+from jaxmnist.core.optimizers import OPTIMIZERS
+
 SEED_LIMIT = 2**64  # seeds are 64-bit: derive_keys folds the high 32 bits in
 MODEL_NAMES = ("lab", "resnet")  # jaxmnist.core.models.MODELS's keys, named here so --help needs no JAX
 
@@ -43,6 +45,39 @@ class SettingError(ValueError):
         self.name = name
 
 
+def flag(name: str) -> str:
+    """A Config field's command-line flag: weight_decay -> --weight-decay."""
+    return "--" + name.replace("_", "-")
+
+
+# The presets of --recipe. "improved" is the best combination the ablation in docs/results.md found:
+# the lab report's translation, dropout and cosine schedule, with a higher peak learning rate
+# after a warmup epoch and AdamW's decoupled weight decay, over 15 epochs.
+RECIPES: dict[str, dict[str, Any]] = {
+    "lab": {},
+    "improved": {"epochs": 15, "translate": 2, "dropout": 0.3, "schedule": "cosine", "lr": 3e-3, "warmup_epochs": 1.0,
+                 "optimizer": "adamw", "weight_decay": 0.05},
+    # The residual network with the improved recipe's augmentation and schedule, over 12 epochs: its
+    # epochs cost about 5.6 times the lab CNN's on a CPU, so 12 fit in about 20 minutes on 2 cores.
+    "resnet": {"model": "resnet", "epochs": 12, "translate": 2, "dropout": 0.1, "schedule": "cosine", "lr": 3e-3,
+               "warmup_epochs": 1.0, "optimizer": "adamw", "weight_decay": 0.05},
+}
+
+
+def preset_flags(name: str) -> str:
+    """A preset as the flags it stands for: '--epochs 15 --translate 2 ...'."""
+    return " ".join(f"{flag(key)} {value:g}" if isinstance(value, float) else f"{flag(key)} {value}"
+                    for key, value in RECIPES[name].items())
+
+
+_DECAYING = " or ".join(name for name, optimizer in OPTIMIZERS.items() if optimizer.takes_weight_decay)
+
+
+def _recipe_help() -> str:
+    presets = ", ".join(f"{name} ({preset_flags(name) or 'every default above'})" for name in RECIPES)
+    return f"start from a preset: {presets}; flags given with it override it"
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """One training run. The defaults are the lab's recipe."""
@@ -55,7 +90,10 @@ class Config:
                               "set, never trained on: each epoch reports it beside the test set, and it chooses the "
                               "best checkpoint; 0 = none, the test set chooses, as in the lab", "N")
     batch_size: int = _recipe(64, "training images per step; the last, smaller batch of an epoch is kept", "N")
-    lr: float = _recipe(1e-3, "Adam's learning rate before any decay", "RATE")
+    optimizer: str = _recipe("adam", "the optimizer (jaxmnist/core/optimizers.py): " + "; ".join(
+        f"{name}: {optimizer.help}" for name, optimizer in OPTIMIZERS.items()), "{" + ",".join(OPTIMIZERS) + "}",
+        choices=tuple(OPTIMIZERS))
+    lr: float = _recipe(1e-3, "the optimizer's learning rate before any decay", "RATE")
     lr_decay_epochs: int = _recipe(5, "with --schedule step, multiply the learning rate by --lr-decay after every N "
                                    "epochs (so with --epochs 5 the lab's decay never happens)", "N")
     lr_decay: float = _recipe(0.1, "the step decay's factor (PyTorch StepLR's gamma)", "FACTOR")
@@ -69,8 +107,8 @@ class Config:
                                    "EPOCHS")
     label_smoothing: float = _recipe(0.0, "smooth the training targets by this amount (optax.smooth_labels); 0 = off",
                                      "AMOUNT")
-    weight_decay: float = _recipe(0.0, "decoupled weight decay of the kernels (optax.adamw, biases exempt); 0 = the "
-                                  "lab's plain Adam", "RATE")
+    weight_decay: float = _recipe(0.0, f"weight decay of the kernels, biases exempt, with --optimizer {_DECAYING}; "
+                                  "0 = none, as in the lab", "RATE")
     seed: int = _recipe(0, "the one seed every random stream (init, shuffle, augmentation) derives from; "
                         "0 to 2**64-1", "N")
     eval_batch_size: int = _recipe(500, "test images per evaluation batch (the last one is padded)", "N")
@@ -87,11 +125,7 @@ class Config:
                                   "--no-deterministic trades that for speed")
 
     # --- run options ------------------------------------------------------------------------------
-    recipe: str = _option("lab", "start from a preset: lab (every default above), improved (--epochs 15 "
-                          "--translate 2 --dropout 0.3 --schedule cosine --lr 3e-3 --warmup-epochs 1 --weight-decay "
-                          "0.05) or resnet (the improved recipe's schedule for --model resnet: --epochs 12 "
-                          "--dropout 0.1); flags given with it override it", "{lab,improved,resnet}",
-                          choices=("lab", "improved", "resnet"))
+    recipe: str = _option("lab", _recipe_help(), "{" + ",".join(RECIPES) + "}", choices=tuple(RECIPES))
     workdir: str = _option("runs/mnist", "the run's folder: config.json, metrics.jsonl, checkpoints/", "DIR")
     data_dir: str | None = _option(None, "a TFDS data directory holding MNIST", "DIR",
                                    default_text="TFDS's own: $TFDS_DATA_DIR or ~/tensorflow_datasets, downloading "
@@ -145,6 +179,9 @@ class Config:
         for name, valid, requirement in checks:
             if not valid:
                 raise SettingError(name, f"{flag(name)} {requirement}, got {getattr(self, name)!r}.")
+        if self.weight_decay and not OPTIMIZERS[self.optimizer].takes_weight_decay:
+            raise SettingError("weight_decay", f"--weight-decay needs --optimizer {_DECAYING}: "
+                                               f"{OPTIMIZERS[self.optimizer].label} takes no weight decay.")
         if self.data_dir is not None and self.idx_dir is not None:
             raise SettingError("idx_dir", "Give either --data-dir (TFDS) or --idx-dir (IDX files), not both.")
 
@@ -159,19 +196,6 @@ class Config:
 
 FLOAT32_TINY, FLOAT32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38  # float32's normal range
 
-# The presets of --recipe. "improved" is the best combination the ablation in docs/results.md found:
-# the lab report's translation, dropout and cosine schedule, with a higher peak learning rate
-# after a warmup epoch and decoupled weight decay, over 15 epochs.
-RECIPES: dict[str, dict[str, Any]] = {
-    "lab": {},
-    "improved": {"epochs": 15, "translate": 2, "dropout": 0.3, "schedule": "cosine", "lr": 3e-3, "warmup_epochs": 1.0,
-                 "weight_decay": 0.05},
-    # The residual network with the improved recipe's augmentation and schedule, over 12 epochs: its
-    # epochs cost about 5.6 times the lab CNN's on a CPU, so 12 fit in about 20 minutes on 2 cores.
-    "resnet": {"model": "resnet", "epochs": 12, "translate": 2, "dropout": 0.1, "schedule": "cosine", "lr": 3e-3,
-               "warmup_epochs": 1.0, "weight_decay": 0.05},
-}
-
 EXAMPLES = """\
 examples:
   jaxmnist train --data-dir ../shared/data/tensorflow_datasets   # train the lab's recipe into runs/mnist
@@ -179,11 +203,6 @@ examples:
   jaxmnist plot --workdir runs/mnist                             # figures into runs/mnist/plots
 
 Run the same command again to resume an interrupted run; Ctrl-C saves and stops."""
-
-
-def flag(name: str) -> str:
-    """A Config field's command-line flag: weight_decay -> --weight-decay."""
-    return "--" + name.replace("_", "-")
 
 
 def _given(name: str, argv: Sequence[str]) -> bool:

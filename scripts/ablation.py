@@ -23,7 +23,7 @@ COMBINATIONS = [  # each on top of the lab's defaults and the flags after --
     {"schedule": "cosine"},
     {"label-smoothing": "0.1"},
     {"lr": "3e-3", "warmup-epochs": "1"},  # a higher peak rate, after one warmup epoch
-    {"weight-decay": "0.05"},
+    {"optimizer": "adamw", "weight-decay": "0.05"},
     {"epochs": "15", "translate": "2", "dropout": "0.3", "schedule": "cosine", "label-smoothing": "0.1"},
     {"recipe": "improved"},  # 15 epochs
 ]

@@ -61,32 +61,29 @@ def test_overlays_name_each_run_by_what_differs_in_its_recipe(tmp_path):
     assert plot.run_labels([a, same]) == ["mnist", "same"]  # nothing differs: the folders' names
 
 
-def _accuracy_panel(workdir: Path, tmp_path: Path, monkeypatch) -> dict[str, tuple[list, list]]:
+def _accuracy_panel(workdir: Path) -> dict[str, tuple[list, list]]:
     """curves.png's accuracy panel as drawn: each line's legend label -> its (epochs, values)."""
     from jaxmnist.apps import plot
 
-    figures = []
-    monkeypatch.setattr(plot.plt, "close", figures.append)  # keep the figure plot_curves draws
-    plot.plot_curves([workdir], tmp_path)
-    accuracy_ax = figures[0].axes[2]
+    accuracy_ax = plot.curves([workdir]).axes[2]
     return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in accuracy_ax.get_lines()
             if not line.get_label().startswith(("_", "the lab"))}
 
 
-def test_curves_show_training_test_and_validation_accuracy_and_which_set_chose_the_best(tmp_path, monkeypatch):
+def test_curves_show_training_test_and_validation_accuracy_and_which_set_chose_the_best(tmp_path):
     # Test accuracy rises to epoch 3 (91, 92, 93); validation peaks at epoch 2; epoch 2's training
     # accuracy is unknown (null: resumed from a checkpoint older than the counter).
     val, train = {1: 95.0, 2: 97.0, 3: 96.0}, {1: 80.0, 2: None, 3: 90.0}
     workdir = _recorded_run(tmp_path / "val", epochs=3, validation=40,
                             fields=lambda e: {"val_accuracy": val[e], "val_loss": 0.1 / e, "train_accuracy": train[e]})
-    lines = _accuracy_panel(workdir, tmp_path, monkeypatch)
+    lines = _accuracy_panel(workdir)
     assert list(lines) == ["test", "validation", "training", "best: epoch 2, chosen by validation accuracy"]
     assert lines["validation"][1] == [95.0, 97.0, 96.0] and lines["test"][1] == [91.0, 92.0, 93.0]
     assert lines["training"][1][0] == 80.0 and np.isnan(lines["training"][1][1]) and lines["training"][1][2] == 90.0
     assert lines["best: epoch 2, chosen by validation accuracy"] == ([2], [97.0])  # on the accuracy that chose it
 
     lab = _recorded_run(tmp_path / "lab", epochs=3, fields=lambda e: {"train_accuracy": train[e]})
-    assert list(_accuracy_panel(lab, tmp_path, monkeypatch)) == ["test", "training", "best: epoch 3, chosen by test accuracy"]
+    assert list(_accuracy_panel(lab)) == ["test", "training", "best: epoch 3, chosen by test accuracy"]
 
 
 def test_a_sweep_is_drawn_as_its_combinations_mean_curves(tmp_path):
@@ -121,16 +118,13 @@ def test_plot_draws_only_the_curves_of_a_run_of_another_model(tmp_path, monkeypa
     assert sorted(p.name for p in (workdir / "plots").iterdir()) == ["curves.png"]
 
 
-def test_the_confusion_matrix_s_title_fits_in_its_figure(tmp_path, monkeypatch):
+def test_the_confusion_matrix_s_title_fits_in_its_figure():
     """Its second line was cut at both edges ("20/10000 test images correct" for 9920)."""
     from jaxmnist.apps import plot
 
-    figures = []
-    monkeypatch.setattr(plot.plt, "close", figures.append)  # keep the figure to measure it
     matrix = np.diag([980, 1130, 1025, 1005, 975, 885, 950, 1020, 965, 985])
     matrix[4, 9] = 7
-    plot.plot_confusion({"confusion_matrix": matrix.tolist(), "step": 4690, "correct": 9920, "test_images": 10000,
-                         "chosen_by": "validation"}, tmp_path)
-    figure = figures[0]
+    figure = plot.confusion({"confusion_matrix": matrix.tolist(), "step": 4690, "correct": 9920, "test_images": 10000,
+                             "chosen_by": "validation"})
     title = figure.axes[0].title.get_window_extent(figure.canvas.get_renderer())
     assert 0 <= title.x0 and title.x1 <= figure.bbox.width and title.y1 <= figure.bbox.height

@@ -1,5 +1,7 @@
 """The lab report's proposed improvements and the presets: translation, dropout, schedules, weight decay."""
 
+import contextlib
+import io
 import re
 import shlex
 from pathlib import Path
@@ -67,15 +69,41 @@ def test_warmup_ramps_the_step_schedule_without_moving_its_decay():
     assert float(schedule(300)) == pytest.approx(1e-4)  # the decay still comes at epoch 3
 
 
-def test_weight_decay_shrinks_the_kernels_and_spares_the_biases():
-    state = create_train_state(Config(weight_decay=0.1), jax.random.key(0), steps_in_epoch=10)
-    no_gradient = jax.tree.map(jnp.zeros_like, state.params)  # Adam's own update is then exactly 0
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_weight_decay_shrinks_the_kernels_and_spares_the_biases(optimizer):
+    state = create_train_state(Config(optimizer=optimizer, weight_decay=0.1), jax.random.key(0), steps_in_epoch=10)
+    no_gradient = jax.tree.map(jnp.zeros_like, state.params)  # the optimizer's own update is then exactly 0
     decayed = state.apply_gradients(grads=no_gradient).params
     for layer in ("conv1", "conv2", "fc"):
         np.testing.assert_allclose(decayed[layer]["kernel"], state.params[layer]["kernel"] * (1 - 1e-3 * 0.1), rtol=1e-6)
         np.testing.assert_array_equal(decayed[layer]["bias"], state.params[layer]["bias"])
     plain = create_train_state(Config(), jax.random.key(0), steps_in_epoch=10)
     assert jax.tree.all(jax.tree.map(jnp.array_equal, plain.apply_gradients(grads=no_gradient).params, plain.params))
+
+
+def test_sgd_is_momentum_0_9_on_the_schedule():
+    """Three updates against PyTorch's SGD(momentum=0.9) written out: v = 0.9 v + g; p -= lr v."""
+    state = create_train_state(Config(optimizer="sgd", lr=0.05), jax.random.key(0), steps_in_epoch=10)
+    expected = jax.tree.map(lambda p: np.asarray(p, np.float64), state.params)
+    velocity = jax.tree.map(np.zeros_like, expected)
+    for factor in (1.0, -0.5, 2.0):
+        grads = jax.tree.map(lambda p: np.full(p.shape, 0.01 * factor), expected)
+        state = state.apply_gradients(grads=jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), grads))
+        velocity = jax.tree.map(lambda v, g: 0.9 * v + g, velocity, grads)
+        expected = jax.tree.map(lambda p, v: p - 0.05 * v, expected, velocity)
+    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-6)
+
+
+def test_every_optimizer_is_a_flag_value_and_adam_refuses_weight_decay():
+    from jaxmnist.core.optimizers import OPTIMIZERS
+
+    for name in OPTIMIZERS:  # a new entry is a flag value at once, and builds a state
+        config = parse_config(["--optimizer", name], "train", "")
+        assert config.optimizer == name and create_train_state(config, jax.random.key(0), steps_in_epoch=10).opt_state
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()) as err:
+        parse_config(["--weight-decay", "0.05"], "train", "")
+    assert "--weight-decay needs --optimizer adamw or sgd: Adam takes no weight decay." in err.getvalue()
 
 
 def test_presets_expand_to_their_flags_and_explicit_flags_override_them():
@@ -101,3 +129,26 @@ def test_more_epochs_may_continue_a_step_schedule_but_not_a_cosine_one():
     check_resumable(Config(epochs=5).to_dict(), Config(epochs=8))
     with pytest.raises(WorkdirError, match="--epochs 5 -> 8"):
         check_resumable(Config(epochs=5, schedule="cosine").to_dict(), Config(epochs=8, schedule="cosine"))
+
+
+def test_an_sgd_run_resumes_exactly_evaluates_and_its_curves_say_sgd(tmp_path, tiny_mnist):
+    """--optimizer reaches every command: an SGD run stopped after epoch 1 and resumed ends with the
+    uninterrupted run's parameters (its momentum restored), and the learning-rate axis names SGD."""
+    from jaxmnist.apps import plot
+    from jaxmnist.apps.evaluate import evaluate_checkpoint, restore_model
+    from jaxmnist.runtime import run
+
+    recipe = dict(optimizer="sgd", lr=0.05, weight_decay=1e-3, eval_batch_size=10, allow_small_data=True, log_every=2)
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    records = run.train_and_evaluate(Config(workdir=str(whole), epochs=2, **recipe), tiny_mnist)
+    run.train_and_evaluate(Config(workdir=str(resumed), epochs=1, **recipe), tiny_mnist)
+    run.train_and_evaluate(Config(workdir=str(resumed), epochs=2, **recipe), tiny_mnist)  # a step schedule may go on
+    expected, got = restore_model(whole, "latest").variables, restore_model(resumed, "latest").variables
+    assert jax.tree.all(jax.tree.map(np.array_equal, expected, got))
+    report = evaluate_checkpoint(resumed, "latest", tiny_mnist)
+    assert report["test_accuracy"] == records[-1]["test_accuracy"]
+    assert plot.curves([resumed]).axes[3].get_ylabel() == "SGD learning rate"
+    assert plot.curves([tmp_path / "whole"]).axes[3].get_ylabel() == "SGD learning rate"
+    adam = tmp_path / "adam"
+    run.train_and_evaluate(Config(workdir=str(adam), epochs=1, eval_batch_size=10, allow_small_data=True), tiny_mnist)
+    assert plot.curves([adam, resumed]).axes[3].get_ylabel() == "Adam / SGD learning rate"

@@ -7,42 +7,45 @@
 (`python -m jaxmnist.plot` and `python scripts/plot.py` are the same command.)
 
 Reads <workdir>/metrics.jsonl and <workdir>/eval/<best step>.json (computing the latter with
-jaxmnist.apps.evaluate when it is missing). The only module that imports matplotlib; runs headless.
+jaxmnist.apps.evaluate when it is missing). The only module that draws. Each figure is a function
+that returns a matplotlib Figure (a notebook shows it; jaxmnist.api lists them), and the command
+saves them. Figures are made without pyplot: no display, no global state, nothing to close.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 from pathlib import Path
 
-import matplotlib
+import jax
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: no display needed
-import jax  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxmnist.apps.evaluate import (  # noqa: E402
+from jaxmnist.apps.evaluate import (
     evaluate_checkpoint,
     load_run_data,
     read_run,
     restore_model,
     write_report,
 )
-from jaxmnist.apps.sweep.plan import differing_settings, label  # noqa: E402
-from jaxmnist.config import Config  # noqa: E402
-from jaxmnist.core.augment import random_transform  # noqa: E402
-from jaxmnist.core.loops import epoch_order  # noqa: E402
-from jaxmnist.core.steps import derive_keys, split_step_key  # noqa: E402
-from jaxmnist.errors import UserError  # noqa: E402
-from jaxmnist import data  # noqa: E402
-from jaxmnist.apps.console import run_command, setup_console  # noqa: E402
-from jaxmnist.runtime.checkpoint import Checkpoints, OtherModel  # noqa: E402
-from jaxmnist.runtime.ranking import chosen_by, rank  # noqa: E402
-from jaxmnist.runtime.reporting import MetricsLog, log  # noqa: E402
-from jaxmnist.runtime.workdir import check_path_argument, is_run  # noqa: E402
+from jaxmnist.apps.sweep.plan import differing_settings, label
+from jaxmnist.config import Config
+from jaxmnist.core.augment import random_transform
+from jaxmnist.core.optimizers import OPTIMIZERS
+from jaxmnist.core.loops import epoch_order
+from jaxmnist.core.steps import derive_keys, split_step_key
+from jaxmnist.errors import UserError
+from jaxmnist.files import replace_file
+from jaxmnist import data
+from jaxmnist.apps.console import run_command, setup_console
+from jaxmnist.runtime.checkpoint import Checkpoints, OtherModel
+from jaxmnist.runtime.ranking import chosen_by, rank
+from jaxmnist.runtime.reporting import MetricsLog, log
+from jaxmnist.runtime.workdir import check_path_argument, is_run
 
 
 def run_labels(workdirs: list[Path]) -> list[str]:
@@ -61,10 +64,26 @@ CURVE_SETS = (("test", "test_loss", "test_accuracy", "o-"), ("validation", "val_
               ("training", None, "train_accuracy", "^:"))
 
 
-def plot_curves(workdirs: list[Path], out: Path) -> None:
-    """Training loss (every log point and per epoch), test and validation loss, training, test and
-    validation accuracy with the best epoch marked (by the set that chose it), and learning rate."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+def _new_figure(**kwargs) -> Figure:
+    """A Figure on its own Agg canvas: it can be measured and saved with no pyplot and no display."""
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save(figure: Figure, path: Path, dpi: int = 90) -> None:
+    """Write figure as a PNG in one step: a kill leaves the old file or the new, never half of one."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    replace_file(path, buffer.getvalue())
+
+
+def curves(workdirs: list[Path]) -> Figure:
+    """curves.png: training loss (every log point and per epoch), test and validation loss, training,
+    test and validation accuracy with the best epoch marked (by the set that chose it), and the
+    learning rate."""
+    fig = _new_figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2)
     (loss_ax, test_loss_ax), (accuracy_ax, lr_ax) = axes
     last_epoch, validation = 1, False
     for workdir, name in zip(workdirs, run_labels(workdirs) if len(workdirs) > 1 else [None] * len(workdirs)):
@@ -94,7 +113,8 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
                      ylabel="cross-entropy")
     accuracy_ax.set(title="Accuracy (training: the augmented images trained on)", xlabel="epoch", ylabel="accuracy (%)")
     accuracy_ax.axhline(99.05, color="grey", ls=":", lw=1, label="the lab: 99.05%")
-    lr_ax.set(title="Learning rate", xlabel="epoch", ylabel="Adam learning rate", yscale="log")
+    optimizers = " / ".join(sorted({_optimizer(workdir) for workdir in workdirs} - {None}))
+    lr_ax.set(title="Learning rate", xlabel="epoch", ylabel=f"{optimizers} learning rate".strip(), yscale="log")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -102,8 +122,15 @@ def plot_curves(workdirs: list[Path], out: Path) -> None:
         ax.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)  # one epoch: one tick, not 0.6-1.4
         ax.set_xlim(0 if ax is loss_ax else 0.5, last_epoch + 0.5)  # whole epochs, also for a run of one
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=90)
-    plt.close(fig)
+    return fig
+
+
+def _optimizer(workdir: Path) -> str | None:
+    """The optimizer a run recorded, as figures name it ("Adam"); None where it has no record."""
+    try:
+        return OPTIMIZERS[read_run(workdir)["config"]["optimizer"]].label
+    except (UserError, KeyError):
+        return None
 
 
 def _mark_best(ax, epochs: list[dict], colour, name: str | None) -> None:
@@ -118,7 +145,7 @@ SWEEP_CURVES = {"test_accuracy": "Test accuracy (%)", "val_accuracy": "Validatio
                 "train_accuracy": "Training accuracy (%)", "train_loss": "Training loss", "test_loss": "Test loss"}
 
 
-def plot_sweep(root: Path, out: Path) -> None:
+def sweep(root: Path) -> Figure:
     """sweep.png: for each recipe among the runs in root, the mean over its seeds of every epoch
     curve, with a band of +-1 standard deviation; over the epochs that all its seeds have reached."""
     workdirs = sorted(d for d in root.iterdir() if d.is_dir() and is_run(d) and (d / "metrics.jsonl").is_file())
@@ -132,9 +159,10 @@ def plot_sweep(root: Path, out: Path) -> None:
         recipes.setdefault(key, recipe)
         groups.setdefault(key, []).append(MetricsLog(workdir / "metrics.jsonl").records("epoch"))
     names = dict(zip(recipes, (label(s) or "all runs" for s in differing_settings(list(recipes.values())))))
-    curves = [key for key in SWEEP_CURVES if any(key in r for runs in groups.values() for records in runs for r in records)]
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.2), squeeze=False)
-    for ax, curve in zip(axes.flat, curves):
+    shown = [key for key in SWEEP_CURVES if any(key in r for runs in groups.values() for records in runs for r in records)]
+    fig = _new_figure(figsize=(5 * len(shown), 4.2))
+    axes = fig.subplots(1, len(shown), squeeze=False)
+    for ax, curve in zip(axes.flat, shown):
         for key, runs in groups.items():
             epochs = min(len(records) for records in runs)
             values = np.array([[_value(r, curve) for r in records[:epochs]] for records in runs])  # [seeds, epochs]
@@ -148,8 +176,7 @@ def plot_sweep(root: Path, out: Path) -> None:
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{root}: mean over seeds, band +-1 std")
     fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def _value(record: dict, key: str) -> float:
@@ -157,7 +184,7 @@ def _value(record: dict, key: str) -> float:
     return np.nan if record.get(key) is None else record[key]
 
 
-def plot_structure(config: Config, out: Path) -> None:
+def structure(config: Config) -> Figure:
     """structure.png: the run's network as a column of its layers (the lab report's Figure 3), each
     with its output shape and parameters; blocks of layers as one box (jaxmnist.apps.summary lists all)."""
     from jaxmnist.apps.summary import layers
@@ -169,7 +196,8 @@ def plot_structure(config: Config, out: Path) -> None:
         top = row.name.split("/")[0].split(" ")[0]
         parameters[top] = parameters.get(top, 0) + row.parameters
     boxes = [row for row in rows if row.depth == 0]
-    fig, ax = plt.subplots(figsize=(4.2, 0.55 * (len(boxes) + 1)))
+    fig = _new_figure(figsize=(4.2, 0.55 * (len(boxes) + 1)))
+    ax = fig.subplots()
     for i, row in enumerate([None, *boxes]):
         y = len(boxes) - i
         name, shape = ("input", "28x28x1") if row is None else (row.name, "x".join(map(str, row.output)))
@@ -183,19 +211,19 @@ def plot_structure(config: Config, out: Path) -> None:
     ax.set(xlim=(0, 1), ylim=(-0.6, len(boxes) + 0.6), title=f"{config.model}: {total:,} parameters")
     ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "structure.png", dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16) -> None:
-    """The first images of epoch 1's first batch, shuffled and rotated exactly as training saw them."""
+def samples(config: Config, dataset: data.MNIST, count: int = 16) -> Figure:
+    """samples.png: the first images of epoch 1's first batch, shuffled and rotated exactly as training saw them."""
     keys = derive_keys(config.seed)
     (train_images, train_labels), _ = data.split_validation(dataset, config.validation)  # the images trained on
     order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(train_images), config.batch_size)
     ids = np.asarray(order.indices[0])
     augment_key, _ = split_step_key(jax.random.fold_in(keys.augment, 0))  # step 0's, as the train step splits it
     images = random_transform(augment_key, train_images[ids], config.rotation, config.translate)
-    fig, axes = plt.subplots(2, count // 2, figsize=(count * 0.75, 4.2))
+    fig = _new_figure(figsize=(count * 0.75, 4.2))
+    axes = fig.subplots(2, count // 2)
     for ax, image, digit in zip(axes.flat, np.asarray(images), train_labels[ids]):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(str(digit))
@@ -203,15 +231,15 @@ def plot_samples(config: Config, dataset: data.MNIST, out: Path, count: int = 16
     fig.suptitle(f"First training batch of epoch 1, as the model sees it (rotation +-{config.rotation:g} degrees"
                  + (f", shift +-{config.translate} pixels)" if config.translate else ")"))
     fig.tight_layout()
-    fig.savefig(out / "samples.png", dpi=90)
-    plt.close(fig)
+    return fig
 
 
-def plot_confusion(report: dict, out: Path) -> None:
-    """The 10x10 confusion matrix, counts annotated; the diagonal is shaded separately."""
+def confusion(report: dict) -> Figure:
+    """confusion.png: the 10x10 confusion matrix, counts annotated; the diagonal is shaded separately."""
     matrix = np.array(report["confusion_matrix"])
     errors = np.where(np.eye(10, dtype=bool), 0, matrix)
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = _new_figure(figsize=(7, 6))
+    ax = fig.subplots()
     image = ax.imshow(errors, cmap="Reds")
     for t in range(10):
         for p in range(10):
@@ -225,8 +253,7 @@ def plot_confusion(report: dict, out: Path) -> None:
                  "test images correct\n(colour: mistakes only; green: correct counts)")
     fig.colorbar(image, ax=ax, label="misclassified images")
     fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def _chosen(report: dict) -> str:
@@ -234,13 +261,14 @@ def _chosen(report: dict) -> str:
     return f" (best by {report['chosen_by']} accuracy)" if report.get("chosen_by") else ""
 
 
-def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 150) -> None:
-    """The misclassified test images, most confident mistakes first."""
+def errors(report: dict, dataset: data.MNIST, limit: int = 150) -> Figure:
+    """errors.png: the misclassified test images, most confident mistakes first."""
     wrong = report["misclassified"][:limit]
     columns = 10
     rows = max(1, -(-len(wrong) // columns))
     height = rows * 1.45 + 0.6  # inches: the last 0.6 hold the title, whatever the number of rows
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.25, height), squeeze=False)
+    fig = _new_figure(figsize=(columns * 1.25, height))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, m in zip(axes.flat, wrong):
@@ -250,8 +278,7 @@ def plot_errors(report: dict, dataset: data.MNIST, out: Path, limit: int = 150) 
     fig.suptitle(f"Misclassified test images ({shown} of {len(report['misclassified'])}), step {report['step']}"
                  f"{_chosen(report)}: true -> predicted (confidence)")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))  # the rows below the title, never under it
-    fig.savefig(out / "errors.png", dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +306,7 @@ def draw_sweep(root: Path, out: str | None) -> Path:
     if not root.is_dir():
         raise UserError(f"--sweep {root} is not a folder.")
     folder = _output_folder(Path(out) if out else root / "plots")
-    plot_sweep(root, folder)
+    save(sweep(root), folder / "sweep.png")
     return folder
 
 
@@ -301,7 +328,7 @@ def draw(args: argparse.Namespace) -> Path:
         if not (workdir / "metrics.jsonl").is_file():
             raise UserError(f"{workdir} has no metrics.jsonl: is it a jaxmnist workdir?")
     out = _output_folder(Path(args.out) if args.out else workdirs[0] / "plots")
-    plot_curves(workdirs, out)  # metrics.jsonl alone: whatever the code's model is now
+    save(curves(workdirs), out / "curves.png")  # metrics.jsonl alone: whatever the code's model is now
     # The other figures describe the best checkpoint's model: one sentence, before any of them is
     # written, when this code's model is no longer the one that trained it.
     try:
@@ -320,10 +347,10 @@ def draw(args: argparse.Namespace) -> Path:
         report = evaluate_checkpoint(workdir, "best", dataset, args.data_dir or config.data_dir, args.idx_dir or config.idx_dir)
         with contextlib.suppress(OSError):  # a read-only workdir only costs recomputing next time
             write_report(workdir, report)
-    plot_samples(config, dataset, out)
-    plot_structure(config, out)
-    plot_confusion(report, out)
-    plot_errors(report, dataset, out)
+    save(samples(config, dataset), out / "samples.png")
+    save(structure(config), out / "structure.png", dpi=110)
+    save(confusion(report), out / "confusion.png")
+    save(errors(report, dataset), out / "errors.png")
     return out
 
 

@@ -19,6 +19,7 @@ from flax.training import train_state
 from jaxmnist.config import Config
 from jaxmnist.core.augment import normalize, random_transform
 from jaxmnist.core.models import build_model
+from jaxmnist.core.optimizers import OPTIMIZERS
 
 
 class Batch(NamedTuple):
@@ -104,15 +105,10 @@ def learning_rate_schedule(config: Config, steps_in_epoch: int) -> optax.Schedul
 
 
 def create_train_state(config: Config, key: jax.Array, steps_in_epoch: int) -> TrainState:
-    """A fresh model of --model with Adam(b1=0.9, b2=0.999, eps=1e-8) and the schedule; AdamW when
-    --weight-decay is set."""
+    """A fresh model of --model with the --optimizer (the lab's: Adam) on the schedule."""
     model = build_model(config)
     schedule = learning_rate_schedule(config, steps_in_epoch)
-    if config.weight_decay:
-        kernels_only = lambda params: jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)  # noqa: E731
-        optimizer = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay, mask=kernels_only)
-    else:  # the lab's optimizer, and its optimizer state's layout
-        optimizer = optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
+    optimizer = OPTIMIZERS[config.optimizer].build(schedule, config.weight_decay)
 
     @jax.jit  # one compiled program for the whole state: op by op, every draw and zeros would be one
     def initial_state(key: jax.Array) -> TrainState:
@@ -145,7 +141,7 @@ def split_step_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array, options: StepOptions) -> tuple[TrainState, StepMetrics]:
-    """One Adam update on a batch, augmented on the device with key; returns its loss and hits."""
+    """One optimizer update on a batch, augmented on the device with key; returns its loss and hits."""
     augment_key, dropout_key = split_step_key(key)
     images = normalize(random_transform(augment_key, batch.images, options.rotation, options.translate))  # [B, 28, 28, 1]
 

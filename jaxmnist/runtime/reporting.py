@@ -8,7 +8,7 @@ import logging
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
 
@@ -55,10 +55,12 @@ def package_version(package: str) -> str | None:
 class MetricsLog:
     """metrics.jsonl, one JSON object a line: kind "train" at log points, kind "epoch" per epoch."""
 
-    def __init__(self, path: Path, enabled: bool = True, dashboard: Dashboard | None = None):
+    def __init__(self, path: Path, enabled: bool = True, dashboard: Dashboard | None = None,
+                 on_record: Callable[[dict[str, Any]], None] | None = None):
         self.path = path
         self.enabled = enabled  # False in every process but the first of a multi-process run
         self.dashboard = dashboard  # TensorBoard events made from the same records
+        self.on_record = on_record  # a caller's live view of them (a notebook's curves)
 
     def truncate_after(self, step: int) -> None:
         """Drop records past step: a resumed run replays them, and must not write them twice. The
@@ -90,6 +92,8 @@ class MetricsLog:
         append_line(self.path, json.dumps(record) + "\n")
         if self.dashboard is not None:
             self.dashboard.write(record)
+        if self.on_record is not None:
+            self.on_record(record)
 
     def close(self) -> None:
         if self.dashboard is not None:

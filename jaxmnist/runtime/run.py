@@ -55,16 +55,17 @@ class Run:
     schedule: Callable  # the learning rate by step, for the records
 
 
-def train_and_evaluate(config: Config, dataset: data.MNIST | None = None,
-                       stop: StopRequest | None = None) -> list[dict[str, Any]]:
+def train_and_evaluate(config: Config, dataset: data.MNIST | None = None, stop: StopRequest | None = None,
+                       on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train and evaluate per epoch; returns this process's epoch records. dataset replaces the
-    data flags (tests); it is checked as loaded data is. stop is set by Ctrl-C, SIGTERM and SIGHUP
-    (by default this call catches them itself, while it runs)."""
+    data flags (tests, notebooks); it is checked as loaded data is. stop is set by Ctrl-C, SIGTERM
+    and SIGHUP (by default this call catches them itself, while it runs). on_record sees each
+    record as metrics.jsonl gets it (live curves)."""
     if stop is None:
         with stop_on_signals() as stop:
-            return train_and_evaluate(config, dataset, stop)
+            return train_and_evaluate(config, dataset, stop, on_record)
     with contextlib.ExitStack() as held:  # the workdir's lock, for the run's whole life
-        return train(start(config, dataset, stop, held), stop)
+        return train(start(config, dataset, stop, held, on_record), stop)
 
 
 def train(run: Run, stop: StopRequest) -> list[dict[str, Any]]:
@@ -113,7 +114,8 @@ def train(run: Run, stop: StopRequest) -> list[dict[str, Any]]:
     return records
 
 
-def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: contextlib.ExitStack) -> Run:
+def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: contextlib.ExitStack,
+          on_record: Callable[[dict[str, Any]], None] | None = None) -> Run:
     """Every check that can refuse the run, then the workdir's lock (process 0's). Each process's
     outcome is agreed by all before anything is written: one fails, all end with its sentence."""
     failure, settings = None, {}
@@ -142,7 +144,7 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
         mesh = parallel.make_mesh(config.devices)
         parallel.check_divisible(mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
         stop_if_asked(stop)
-        metrics = held.enter_context(_own_workdir(path))
+        metrics = held.enter_context(_own_workdir(path, on_record))
     except UserError as error:
         failure = error
     parallel.agree_on_start(failure, settings, config.join_timeout)
@@ -264,7 +266,7 @@ def _start_records(run: Run, step: int, meta: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _own_workdir(path: Path):
+def _own_workdir(path: Path, on_record: Callable[[dict[str, Any]], None] | None):
     """Create and lock the workdir on process 0 for the run's whole life, and yield its
     MetricsLog; a run that fails before writing anything leaves no empty folder behind."""
     if not parallel.is_main_process():
@@ -273,7 +275,7 @@ def _own_workdir(path: Path):
     created = workdirs.create(path)
     try:
         with workdirs.exclusive(path):
-            metrics = MetricsLog(path / "metrics.jsonl", dashboard=Dashboard(path / "tensorboard"))
+            metrics = MetricsLog(path / "metrics.jsonl", dashboard=Dashboard(path / "tensorboard"), on_record=on_record)
             try:
                 yield metrics
             finally:

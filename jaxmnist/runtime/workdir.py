@@ -23,7 +23,7 @@ from jaxmnist.config import EMPTY_PATH, Config, flag
 from jaxmnist.errors import UserError
 
 RUN_MARKER = {"written_by": "jaxmnist"}
-FORMAT = 2  # of config.json and every checkpoint's meta; another is refused (check_format), never migrated
+FORMAT = 3  # of config.json and every checkpoint's meta; another is refused (check_format), never migrated
 LOCK_FILE = ".jaxmnist.lock"
 # Everything a run and its tools write, and so everything --restart may remove; nothing else.
 FOLDERS = {"checkpoints", "damaged-checkpoints", "tensorboard", "eval", "plots", "profile"}  # the others are files
