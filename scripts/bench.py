@@ -39,7 +39,7 @@ from child_runs import (  # scripts/, on sys.path when run as a script
     train_command,
 )
 
-from jaxmnist.config import Config, parse_config
+from jaxmnist.config import RECIPES, Config, parse_config
 from jaxmnist.core.loops import evaluate, stack_batches
 from jaxmnist.core.steps import Batch, StepOptions, create_train_state, train_step
 from jaxmnist import data
@@ -177,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idx-dir", help="MNIST IDX files (the PyTorch script reads these)")
     parser.add_argument("--data-dir", help="TFDS data directory: jaxmnist reads this when given")
-    parser.add_argument("--recipe", default="lab", choices=("lab", "improved", "resnet"), help="the preset to train")
+    parser.add_argument("--recipe", default="lab", choices=tuple(RECIPES), help="the preset to train")
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--loop", default="auto", choices=("auto", "python", "device"))
     parser.add_argument("--precision", default="float32", choices=("float32", "tf32"))

@@ -78,10 +78,11 @@ def save(figure: Figure, path: Path, dpi: int = 90) -> None:
     replace_file(path, buffer.getvalue())
 
 
-def curves(workdirs: list[Path]) -> Figure:
+def curves(workdirs: list[str | Path]) -> Figure:
     """curves.png: training loss (every log point and per epoch), test and validation loss, training,
     test and validation accuracy with the best epoch marked (by the set that chose it), and the
     learning rate."""
+    workdirs = [Path(workdir) for workdir in workdirs]
     fig = _new_figure(figsize=(11, 7.5))
     axes = fig.subplots(2, 2)
     (loss_ax, test_loss_ax), (accuracy_ax, lr_ax) = axes
@@ -145,9 +146,10 @@ SWEEP_CURVES = {"test_accuracy": "Test accuracy (%)", "val_accuracy": "Validatio
                 "train_accuracy": "Training accuracy (%)", "train_loss": "Training loss", "test_loss": "Test loss"}
 
 
-def sweep(root: Path) -> Figure:
+def sweep(root: str | Path) -> Figure:
     """sweep.png: for each recipe among the runs in root, the mean over its seeds of every epoch
     curve, with a band of +-1 standard deviation; over the epochs that all its seeds have reached."""
+    root = Path(root)
     workdirs = sorted(d for d in root.iterdir() if d.is_dir() and is_run(d) and (d / "metrics.jsonl").is_file())
     if not workdirs:
         raise UserError(f"{root} holds no jaxmnist runs: is it a sweep's --root?")
