@@ -18,6 +18,7 @@ import sys
 from typing import Any, Sequence
 
 from jaxmnist.core.optimizers import OPTIMIZERS
+from jaxmnist.datasets import DATASETS
 
 SEED_LIMIT = 2**64  # seeds are 64-bit: derive_keys folds the high 32 bits in
 MODEL_NAMES = ("lab", "resnet")  # jaxmnist.core.models.MODELS's keys, named here so --help needs no JAX
@@ -85,7 +86,10 @@ class Config:
     # --- the recipe ------------------------------------------------------------------------------
     model: str = _recipe("lab", "the network (jaxmnist/core/models): lab (the lab's two-conv CNN) or resnet (a small "
                          "residual network with BatchNorm)", "{lab,resnet}", choices=MODEL_NAMES)
-    epochs: int = _recipe(5, "passes over the 60,000 training images", "N")
+    dataset: str = _recipe("mnist", "the images to learn (jaxmnist/datasets.py), by their TFDS name: " + ", ".join(
+        f"{name} ({info.title}, {len(info.classes)} classes)" for name, info in DATASETS.items()), "NAME",
+        choices=tuple(DATASETS))
+    epochs: int = _recipe(5, "passes over the training images (MNIST's 60,000)", "N")
     validation: int = _recipe(0, "hold out the last N training images (the same ones whatever the seed) as a validation "
                               "set, never trained on: each epoch reports it beside the test set, and it chooses the "
                               "best checkpoint; 0 = none, the test set chooses, as in the lab", "N")
@@ -127,12 +131,13 @@ class Config:
     # --- run options ------------------------------------------------------------------------------
     recipe: str = _option("lab", _recipe_help(), "{" + ",".join(RECIPES) + "}", choices=tuple(RECIPES))
     workdir: str = _option("runs/mnist", "the run's folder: config.json, metrics.jsonl, checkpoints/", "DIR")
-    data_dir: str | None = _option(None, "a TFDS data directory holding MNIST", "DIR",
+    data_dir: str | None = _option(None, "a TFDS data directory holding --dataset", "DIR",
                                    default_text="TFDS's own: $TFDS_DATA_DIR or ~/tensorflow_datasets, downloading "
-                                                "MNIST if needed")
-    idx_dir: str | None = _option(None, "read the four MNIST IDX files from DIR instead of TFDS", "DIR",
+                                                "the dataset if needed")
+    idx_dir: str | None = _option(None, "read the dataset's four IDX files from DIR instead of TFDS", "DIR",
                                   default_text="use TFDS")
-    allow_small_data: bool = _option(False, "train on fewer images than MNIST's 60,000 / 10,000 (tests, experiments)")
+    allow_small_data: bool = _option(False, "train on fewer images than the dataset has (MNIST: 60,000 / 10,000; "
+                                     "tests, experiments)")
     devices: str = _option("all", "data-parallel over all devices of every process, or the first N", "{all,N}")
     log_every: int = _option(100, "print the training loss every N batches", "N")
     progress: bool = _option(True, "on an interactive terminal, a progress bar per epoch with speed and time left")
@@ -148,10 +153,13 @@ class Config:
                             "WORKDIR/profile (TensorBoard's profile tab, or Perfetto)")
 
     def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:  # the flag's choices say so first; this is for Config(...) in Python
+            raise SettingError("dataset", f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}.")
         for name in ("epochs", "batch_size", "lr_decay_epochs", "log_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise SettingError(name, f"{flag(name)} must be a positive integer, got {getattr(self, name)}.")
-        for name, images in (("batch_size", 60_000), ("eval_batch_size", 10_000)):  # MNIST's splits
+        splits = DATASETS[self.dataset]
+        for name, images in (("batch_size", splits.train_size), ("eval_batch_size", splits.test_size)):
             if getattr(self, name) > images:
                 raise SettingError(name, f"{flag(name)} must be at most {images:,} (the split's images), "
                                          f"got {getattr(self, name)}.")

@@ -1,7 +1,9 @@
-"""The edge to the MNIST files: TFDS or raw IDX files in, uint8 numpy arrays out.
+"""The edge to the data files: TFDS or raw IDX files in, uint8 numpy arrays out.
 
-This is the only module that imports tensorflow / tensorflow_datasets, and only when the TFDS
-source is used, so the IDX path (and a GPU machine without TensorFlow) never pays for it.
+MNIST by default, or any dataset of jaxmnist/datasets.py (--dataset): Fashion-MNIST, KMNIST,
+EMNIST; each read, put upright and checked against its own sizes and classes. This is the only
+module that imports tensorflow / tensorflow_datasets, and only when the TFDS source is used, so
+the IDX path (and a GPU machine without TensorFlow) never pays for it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxmnist.datasets import DATASETS
 from jaxmnist.errors import UserError
 from jaxmnist.files import replace_file
 
 IMAGE_SIZE = 28
-TRAIN_SIZE = 60_000
-TEST_SIZE = 10_000
-# Where TFDS fetches MNIST from; probed before a download so that no network fails in seconds.
+# Where TFDS fetches the datasets from; probed before a download so that no network fails in seconds.
 _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 
 
@@ -32,7 +33,8 @@ class DataError(UserError):
 
 
 class MNIST(NamedTuple):
-    """The whole dataset in host memory: images uint8 [N, 28, 28], labels int32 [N]."""
+    """A whole MNIST-shaped dataset in host memory: images uint8 [N, 28, 28] upright, labels int32 [N]
+    from 0."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -40,41 +42,51 @@ class MNIST(NamedTuple):
     test_labels: np.ndarray
 
 
-def load(data_dir: str | None = None, idx_dir: str | None = None, cache_dir: str = "") -> MNIST:
-    """Load MNIST from IDX files when idx_dir is given, else through TFDS (downloading if needed).
+def load(data_dir: str | None = None, idx_dir: str | None = None, cache_dir: str = "", name: str = "mnist") -> MNIST:
+    """Load the dataset name (a key of DATASETS) from IDX files when idx_dir is given, else through
+    TFDS (downloading if needed); upright, labels from 0, checked against its classes.
 
     With a cache_dir, what TFDS decoded is kept there as one .npz, keyed by the TFDS files it
     came from: importing TensorFlow and decoding 70,000 PNGs takes about 10 s, reading the
     .npz a tenth of a second. The IDX files are fast to read and never cached.
     """
     if idx_dir is not None:
-        dataset = load_idx(idx_dir)
+        dataset = _as_stored(load_idx(idx_dir, name), name)
     else:
-        cached = _cache_path(cache_dir, data_dir) if cache_dir else None
+        cached = _cache_path(cache_dir, data_dir, name) if cache_dir else None
         dataset = _read_cache(cached) if cached is not None and cached.is_file() else None
         if dataset is None:
-            dataset = load_tfds(data_dir)
+            dataset = _as_stored(load_tfds(data_dir, name=name), name)
             if cached is not None:
                 _write_cache(cached, dataset)
-    _check(dataset)
+    _check(dataset, name)
     return dataset
+
+
+def _as_stored(dataset: MNIST, name: str) -> MNIST:
+    """Both sources store EMNIST's images transposed and its letters from label 1: put them upright,
+    from 0, as every other dataset is."""
+    info = DATASETS[name]
+    images = (lambda x: np.ascontiguousarray(x.transpose(0, 2, 1))) if info.transposed else (lambda x: x)
+    return MNIST(images(dataset.train_images), dataset.train_labels - info.first_label,
+                 images(dataset.test_images), dataset.test_labels - info.first_label)
 
 
 # --- the decoded-TFDS cache --------------------------------------------------------------------
 
 
-def _cache_path(cache_dir: str, data_dir: str | None) -> Path | None:
-    """<cache_dir>/mnist-<fingerprint>.npz for the prepared TFDS files, or None if there are none.
+def _cache_path(cache_dir: str, data_dir: str | None, name: str = "mnist") -> Path | None:
+    """<cache_dir>/<name>-<fingerprint>.npz for the prepared TFDS files, or None if there are none.
 
     The fingerprint covers every file's path, size and modification time, so re-preparing the
     dataset (or pointing at another copy) never reads a stale cache. No TensorFlow needed.
     """
     root = Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser().absolute()
-    files = sorted(p for p in (root / "mnist").rglob("*") if p.is_file())
+    files = sorted(p for p in (root / name).rglob("*") if p.is_file())
     if not any(p.name == "dataset_info.json" for p in files):
         return None  # not prepared: TFDS will download it, or explain why it cannot
     fingerprint = hashlib.sha256("\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files).encode())
-    return Path(cache_dir).expanduser() / f"mnist-{fingerprint.hexdigest()[:16]}.npz"
+    return Path(cache_dir).expanduser() / f"{name.replace('/', '-')}-{fingerprint.hexdigest()[:16]}.npz"
 
 
 def _read_cache(path: Path) -> MNIST | None:
@@ -104,21 +116,22 @@ _IDX_FILES = {
 }
 
 
-def load_idx(idx_dir: str) -> MNIST:
-    """Read the four MNIST IDX files (gzipped or not) from idx_dir, checking every header."""
-    folder = Path(idx_dir)
+def load_idx(idx_dir: str, name: str = "mnist") -> MNIST:
+    """Read a dataset's four IDX files (gzipped or not) from idx_dir, checking every header; as
+    stored (EMNIST transposed)."""
+    folder, title = Path(idx_dir), DATASETS[name].title
     if not folder.is_dir():
-        raise DataError(f"--idx-dir {idx_dir} is not a directory; it should hold the four MNIST IDX files.")
-    arrays = {name: _read_idx(folder, stem, magic) for name, (stem, magic) in _IDX_FILES.items()}
+        raise DataError(f"--idx-dir {idx_dir} is not a directory; it should hold the four {title} IDX files.")
+    arrays = {field: _read_idx(folder, stem, magic, title) for field, (stem, magic) in _IDX_FILES.items()}
     arrays["train_labels"] = arrays["train_labels"].astype(np.int32)
     arrays["test_labels"] = arrays["test_labels"].astype(np.int32)
     return MNIST(**arrays)
 
 
-def _read_idx(folder: Path, stem: str, magic: int) -> np.ndarray:
+def _read_idx(folder: Path, stem: str, magic: int, title: str) -> np.ndarray:
     found = [p for p in (folder / stem, folder / f"{stem}.gz") if p.exists()]
     if not found:
-        raise DataError(f"{folder} has no {stem} (or {stem}.gz); it should hold the four MNIST IDX files.")
+        raise DataError(f"{folder} has no {stem} (or {stem}.gz); it should hold the four {title} IDX files.")
     odd = next((p for p in found if not p.is_file()), None)
     if odd is not None:  # a pipe or a device would be read forever, or block
         raise DataError(f"{odd} is not a regular file (a folder, a pipe or a device); it should be an MNIST IDX file.")
@@ -148,23 +161,25 @@ def _read_idx_file(path: Path, magic: int) -> np.ndarray:
 # --- TFDS --------------------------------------------------------------------------------------
 
 
-def load_tfds(data_dir: str | None = None, download_host: tuple[str, int] = _DOWNLOAD_HOST) -> MNIST:
-    """Load MNIST through TFDS from data_dir (or TFDS's default), downloading only if it can.
+def load_tfds(data_dir: str | None = None, download_host: tuple[str, int] = _DOWNLOAD_HOST,
+              name: str = "mnist") -> MNIST:
+    """Load a dataset through TFDS from data_dir (or TFDS's default), downloading only if it can;
+    as stored (EMNIST transposed).
 
     download_host is probed first, because TFDS itself retries a download for minutes offline.
     """
     if data_dir is not None and not Path(data_dir).is_dir():
         raise DataError(f"--data-dir {data_dir} does not exist; give a TFDS data directory or use --idx-dir.")
     tfds = _import_tfds()
-    builder = tfds.builder("mnist", data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
     try:
         return _read_splits(builder)
     except AssertionError:  # TFDS's way of saying "not prepared in this data_dir"
         pass
     if not _can_reach(download_host):
         raise DataError(
-            f"MNIST is not in {builder.data_dir} and cannot be downloaded (no network): point "
-            "--data-dir at a prepared TFDS data directory or --idx-dir at the four MNIST IDX files."
+            f"{DATASETS[name].title} is not in {builder.data_dir} and cannot be downloaded (no network): point "
+            f"--data-dir at a prepared TFDS data directory or --idx-dir at the four {DATASETS[name].title} IDX files."
         )
     builder.download_and_prepare()
     return _read_splits(builder)
@@ -193,7 +208,7 @@ def _import_tfds():
 def _read_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
     # Batches of 10,000 images, concatenated: fast, and independent of the split's size.
     # (batch_size=-1 would read it in one call but aborts the process under tfds.testing.mock_data.)
-    dataset = builder.as_dataset(split=split, batch_size=TEST_SIZE, shuffle_files=False)
+    dataset = builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)
     batches = list(dataset.as_numpy_iterator())
     images = np.concatenate([b["image"] for b in batches]).astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     return images, np.concatenate([b["label"] for b in batches]).astype(np.int32)
@@ -207,29 +222,35 @@ def _can_reach(address: tuple[str, int], timeout: float = 3.0) -> bool:
         return False
 
 
-def _check(dataset: MNIST) -> None:
-    """Refuse anything that is not shaped like MNIST: images [N, 28, 28], labels 0..9."""
+def _check(dataset: MNIST, name: str = "mnist") -> None:
+    """Refuse anything that is not shaped like the dataset: images [N, 28, 28], labels of its classes."""
+    info = DATASETS[name]
+    last = len(info.classes) - 1
     for split, images, labels in (
         ("train", dataset.train_images, dataset.train_labels),
         ("test", dataset.test_images, dataset.test_labels),
     ):
         if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(images) != len(labels):
             raise DataError(f"The {split} split has images {images.shape} and labels {labels.shape}; expected [N, 28, 28] and [N].")
-        if len(labels) and (labels.min() < 0 or labels.max() > 9):
-            raise DataError(f"The {split} split has labels outside 0..9.")
+        if len(labels) and (labels.min() < 0 or labels.max() > last):
+            stored = f"{info.first_label}..{last + info.first_label}"
+            raise DataError(f"The {split} split has labels outside {stored}, the {len(info.classes)} classes of "
+                            f"{info.title}: are these {info.title}'s files (--dataset)?")
 
 
-def check_sizes(dataset: MNIST, allow_small: bool = False, validation: int = 0, batch_size: int = 1) -> None:
-    """Each split must have MNIST's size (a short or swapped dataset must never train silently);
-    allow_small accepts fewer images, but never an empty split. What --validation leaves to train
-    on must fill a batch."""
-    for split, count, expected in (("train", len(dataset.train_labels), TRAIN_SIZE),
-                                   ("test", len(dataset.test_labels), TEST_SIZE)):
+def check_sizes(dataset: MNIST, allow_small: bool = False, validation: int = 0, batch_size: int = 1,
+                name: str = "mnist") -> None:
+    """Each split must have the dataset's size (a short or swapped dataset must never train
+    silently); allow_small accepts fewer images, but never an empty split. What --validation leaves
+    to train on must fill a batch."""
+    info = DATASETS[name]
+    for split, count, expected in (("train", len(dataset.train_labels), info.train_size),
+                                   ("test", len(dataset.test_labels), info.test_size)):
         if count == 0:
             raise DataError(f"The {split} split has no images.")
         if count != expected and not (allow_small and count < expected):
             hint = " (--allow-small-data accepts a smaller one)" if count < expected else ""
-            raise DataError(f"The {split} split has {count:,} images, not MNIST's {expected:,}{hint}.")
+            raise DataError(f"The {split} split has {count:,} images, not {info.title}'s {expected:,}{hint}.")
     num_train = len(dataset.train_images) - validation
     if validation and num_train < batch_size:
         raise DataError(f"--validation {validation} leaves {max(num_train, 0):,} of the {len(dataset.train_images):,} "
@@ -254,16 +275,16 @@ class Source(NamedTuple):
     fingerprint: str  # sha256 of the four arrays, 16 hex digits: the same images in the same order
 
 
-def source_name(data_dir: str | None, idx_dir: str | None) -> str:
+def source_name(data_dir: str | None, idx_dir: str | None, name: str = "mnist") -> str:
     """Where the flags say the data are: "IDX files in /data/mnist" or "TFDS mnist in ~/tensorflow_datasets"."""
     if idx_dir is not None:
         return f"IDX files in {Path(idx_dir).absolute()}"
-    return f"TFDS mnist in {data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'}"
+    return f"TFDS {name} in {data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'}"
 
 
-def describe(dataset: MNIST, data_dir: str | None, idx_dir: str | None) -> Source:
+def describe(dataset: MNIST, data_dir: str | None, idx_dir: str | None, name: str = "mnist") -> Source:
     """The Source record of a loaded dataset (hashing 55 MB takes about 0.1 s)."""
     digest = hashlib.sha256()
     for array in dataset:
         digest.update(np.ascontiguousarray(array).tobytes())
-    return Source(source_name(data_dir, idx_dir), digest.hexdigest()[:16])
+    return Source(source_name(data_dir, idx_dir, name), digest.hexdigest()[:16])

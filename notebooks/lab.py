@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -224,7 +226,7 @@ class HiddenLayerCNN(nn.Module):
         return nn.Dense(self.num_classes, name="fc", **torch_init(fan_in=128))(x)
 
 
-api.MODELS["hidden"] = lambda recipe: HiddenLayerCNN(dropout=recipe["dropout"])
+api.MODELS["hidden"] = lambda recipe: HiddenLayerCNN(num_classes=recipe["num_classes"], dropout=recipe["dropout"])
 changed = api.Config(epochs=EPOCHS, workdir=WORKDIR + "-hidden", model="hidden", **DATA)
 print(api.summary(api.build_model(changed)))
 api.train(changed)

@@ -37,17 +37,17 @@ _NO_REAL_MNIST = f"needs real MNIST: {SHARED_DATA / 'mnist-idx'} does not exist"
 needs_real_mnist = pytest.mark.skipif(not (SHARED_DATA / "mnist-idx").is_dir(), reason=_NO_REAL_MNIST)
 
 
-def make_mnist(num_train: int, num_test: int, seed: int = 0) -> MNIST:
+def make_mnist(num_train: int, num_test: int, seed: int = 0, classes: int = 10) -> MNIST:
     """Learnable stand-in for MNIST: each class is a fixed sparse stroke pattern plus pixel noise.
 
-    Images are uint8 [N, 28, 28], mostly black as digits are; labels are 0..9.
+    Images are uint8 [N, 28, 28], mostly black as digits are; labels are 0..classes-1.
     """
     template_key, train_key, test_key = jax.random.split(jax.random.key(seed), 3)
-    templates = (jax.random.uniform(template_key, (10, 28, 28)) < 0.15) * 255.0  # [10, 28, 28]
+    templates = (jax.random.uniform(template_key, (classes, 28, 28)) < 0.15) * 255.0  # [classes, 28, 28]
 
     def split(key, n):
         label_key, noise_key = jax.random.split(key)
-        labels = jax.random.randint(label_key, (n,), 0, 10)
+        labels = jax.random.randint(label_key, (n,), 0, classes)
         noise = jax.random.uniform(noise_key, (n, 28, 28), maxval=80.0)
         images = jnp.clip(templates[labels] * 0.8 + noise, 0, 255)
         return np.asarray(images, np.uint8), np.asarray(labels, np.int32)

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxmnist"
-SHARED = {"jaxmnist.config", "jaxmnist.errors", "jaxmnist.files"}  # the recipe, the error type, the atomic write
+SHARED = {"jaxmnist.config", "jaxmnist.datasets", "jaxmnist.errors", "jaxmnist.files"}  # the recipe, the datasets' table, the error type, the atomic write
 SYSTEM = {"os", "sys", "signal", "subprocess", "multiprocessing", "threading", "pathlib", "shutil", "tempfile",
           "socket", "io", "json"}
 

@@ -168,7 +168,7 @@ def test_the_summary_counts_every_parameter_of_every_model():
     from jaxmnist.apps.summary import layers
 
     for name, build in MODELS.items():
-        model = build({"dropout": 0.0})
+        model = build({"dropout": 0.0, "num_classes": 10})
         rows = layers(model)
         params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
         assert sum(r.parameters for r in rows) == sum(x.size for x in jax.tree.leaves(params)), name

@@ -125,6 +125,6 @@ def test_the_confusion_matrix_s_title_fits_in_its_figure():
     matrix = np.diag([980, 1130, 1025, 1005, 975, 885, 950, 1020, 965, 985])
     matrix[4, 9] = 7
     figure = plot.confusion({"confusion_matrix": matrix.tolist(), "step": 4690, "correct": 9920, "test_images": 10000,
-                             "chosen_by": "validation"})
+                             "chosen_by": "validation", "classes": list("0123456789")})
     title = figure.axes[0].title.get_window_extent(figure.canvas.get_renderer())
     assert 0 <= title.x0 and title.x1 <= figure.bbox.width and title.y1 <= figure.bbox.height

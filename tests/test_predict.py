@@ -20,6 +20,7 @@ from jaxmnist.apps.picture import MAX_PIXELS, BadPicture, as_shown, open_picture
 from jaxmnist.apps.prepare import NotADigit, prepare_digit
 from jaxmnist.config import Config
 from jaxmnist.data import load_idx
+from jaxmnist.datasets import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -312,13 +313,12 @@ def test_a_closed_standard_input_is_one_sentence(monkeypatch):
 def test_a_reading_below_half_a_chance_says_it_is_unsure(tmp_path, monkeypatch, capsys):
     """A model that spreads its belief (an odd photo) must not be read as sure: the line and the
     JSON say so; a confident reading says nothing more."""
-    def fake_load_model(workdir, step):
-        def predict(images):
-            unsure = images.mean() > 0  # the first picture has ink, the second none
-            return np.array([[0.05, 0.4, 0.35] + [0.2 / 7] * 7]) if unsure else np.array([[0.02, 0.9] + [0.08 / 8] * 8])
-        return predict
-    monkeypatch.setattr("jaxmnist.apps.evaluate.load_model", fake_load_model)
-    monkeypatch.setattr(predict, "read_digit", lambda path: np.full((28, 28), 255 if path == "odd.png" else 0, np.uint8))
+    def fake_model(images):
+        unsure = images.mean() > 0  # the first picture has ink, the second none
+        return np.array([[0.05, 0.4, 0.35] + [0.2 / 7] * 7]) if unsure else np.array([[0.02, 0.9] + [0.08 / 8] * 8])
+    monkeypatch.setattr(predict, "_trained", lambda workdir, step: (fake_model, DATASETS["mnist"]))
+    monkeypatch.setattr(predict, "read_digit", lambda path, prepare: np.full((28, 28), 255 if path == "odd.png" else 0,
+                                                                             np.uint8))
     assert predict.main(["--workdir", str(tmp_path), "odd.png", "clear.png"]) == 0
     odd, clear = capsys.readouterr().out.splitlines()
     assert odd.startswith("odd.png: 1  (1: 40.0%, 2: 35.0%") and "unsure" in odd
@@ -338,8 +338,8 @@ def test_a_picture_wider_than_any_digit_is_unsure_however_sure_the_model(tmp_pat
 
     ImageDraw.Draw(page).line([(150, 40), (150, 260)], fill=0, width=14)  # a 1: narrow and tall is a digit
     page.save(tmp_path / "one.png")
-    sure = lambda workdir, step: lambda images: np.array([[0.01, 0.01, 0.9] + [0.08 / 7] * 7])  # noqa: E731
-    monkeypatch.setattr("jaxmnist.apps.evaluate.load_model", sure)
+    sure = lambda images: np.array([[0.01, 0.01, 0.9] + [0.08 / 7] * 7])  # noqa: E731
+    monkeypatch.setattr(predict, "_trained", lambda workdir, step: (sure, DATASETS["mnist"]))
     assert predict.main(["--workdir", str(tmp_path), str(tmp_path / "strip.png"), str(tmp_path / "one.png")]) == 0
     strip_line, one_line = capsys.readouterr().out.splitlines()
     assert strip_line.endswith("unsure: it is wider than any MNIST digit (a line, not a digit?)")

@@ -45,13 +45,13 @@ def _fake_run(run, epochs, accuracies=None, val=None, **recorded):
 
 def test_a_grid_is_every_combination_each_a_run_named_by_what_differs(tmp_path):
     runs = plan(parse_grid(["lr=1e-3,3e-3", "weight_decay=0,0.05", "deterministic=false"]), [0, 1], tmp_path,
-                ["--epochs", "2"])
+                ["--epochs", "2", "--optimizer", "adamw"])
     assert [run.name for run in runs[:3]] == ["lr=1e-3_weight-decay=0_deterministic=false_seed=0",
                                               "lr=1e-3_weight-decay=0_deterministic=false_seed=1",
                                               "lr=1e-3_weight-decay=0.05_deterministic=false_seed=0"]
     assert len(runs) == 8 and len({run.workdir for run in runs}) == 8
     last = runs[-1]
-    assert last.flags == ("--epochs", "2", "--lr", "3e-3", "--weight-decay", "0.05", "--no-deterministic", "--seed", "1",
+    assert last.flags == ("--epochs", "2", "--optimizer", "adamw", "--lr", "3e-3", "--weight-decay", "0.05", "--no-deterministic", "--seed", "1",
                           "--workdir", str(tmp_path / last.name))
     assert (last.config.lr, last.config.weight_decay, last.config.deterministic, last.config.seed, last.config.epochs) \
         == (3e-3, 0.05, False, 1, 2)

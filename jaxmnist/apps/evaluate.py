@@ -21,6 +21,7 @@ from jaxmnist.core.loops import evaluate, stack_batches
 from jaxmnist.core.models import build_model, computation_digest
 from jaxmnist.core.steps import EvalTotals
 from jaxmnist import data
+from jaxmnist.datasets import DATASETS, DIGITS
 from jaxmnist.runtime.checkpoint import (
     CheckpointError,
     Checkpoints,
@@ -115,7 +116,7 @@ SCALES = ("pixels", "unit", "normalized")
 
 
 def load_model(workdir: str | Path, step: str = "best") -> Callable[..., np.ndarray]:
-    """A trained model as a function predict(images, scale=None) -> class probabilities [N, 10].
+    """A trained model as a function predict(images, scale=None) -> class probabilities [N, classes].
 
     images are [N, 28, 28] (or [N, 28, 28, 1]), white digits on black as in MNIST. uint8 images are
     pixels 0..255. Float images must say what they hold, because guessing gives wrong answers
@@ -147,17 +148,20 @@ def predictor(model, variables) -> Callable[..., np.ndarray]:
     return predict
 
 
-def error_analysis(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
-    """Confusion matrix, per-class accuracy, frequent confusions and every misclassified image."""
+def error_analysis(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str] = DIGITS) -> dict[str, Any]:
+    """Confusion matrix (rows: the true class), per-class accuracy by class name, frequent confusions
+    and every misclassified image (by class number); classes are the dataset's names."""
+    n = len(classes)
     predictions = probabilities.argmax(axis=1)
-    confusion = np.zeros((10, 10), np.int64)
+    confusion = np.zeros((n, n), np.int64)
     np.add.at(confusion, (labels, predictions), 1)
-    per_class = {str(c): {"correct": int(confusion[c, c]), "total": int(confusion[c].sum()),
-                          "accuracy": 100.0 * confusion[c, c] / max(confusion[c].sum(), 1)} for c in range(10)}
-    off_diagonal = [(int(confusion[t, p]), t, p) for t in range(10) for p in range(10) if t != p and confusion[t, p]]
+    per_class = {classes[c]: {"correct": int(confusion[c, c]), "total": int(confusion[c].sum()),
+                              "accuracy": 100.0 * confusion[c, c] / max(confusion[c].sum(), 1)} for c in range(n)}
+    off_diagonal = [(int(confusion[t, p]), t, p) for t in range(n) for p in range(n) if t != p and confusion[t, p]]
     wrong = np.flatnonzero(predictions != labels)
     wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]], kind="stable")]  # most confident first
     return {
+        "classes": list(classes),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
         "top_confusions": [{"true": t, "predicted": p, "count": n} for n, t, p in sorted(off_diagonal, key=lambda e: (-e[0], e[1], e[2]))],
@@ -176,14 +180,24 @@ def load_run_data(run: dict[str, Any], data_dir: str | None = None,
     own = data_dir is None and idx_dir is None
     if own:
         data_dir, idx_dir = (where_recorded(config.get(name), run.get("cwd")) for name in ("data_dir", "idx_dir"))
-    dataset = data.load(data_dir, idx_dir, config.get("cache_dir", ""))
-    source = data.describe(dataset, data_dir, idx_dir)
+    dataset = data.load(data_dir, idx_dir, config.get("cache_dir", ""), dataset_name(run))
+    source = data.describe(dataset, data_dir, idx_dir, dataset_name(run))
     recorded = run.get("data")
     if own and recorded and recorded["fingerprint"] != source.fingerprint:
         raise data.DataError(f"The run trained on {recorded['name']} (fingerprint {recorded['fingerprint']}), but "
                              f"{source.name} now holds other images ({source.fingerprint}); give --data-dir or "
                              "--idx-dir to evaluate on other data on purpose.")
     return dataset, source
+
+
+def dataset_name(run: dict[str, Any]) -> str:
+    """The --dataset a run (read_run's record, or a checkpoint's meta) trained on."""
+    return run["config"].get("dataset", "mnist")
+
+
+def class_names(run: dict[str, Any]) -> tuple[str, ...]:
+    """The names of the run's classes, in label order: "0".."9" for MNIST, "T-shirt/top".. for Fashion-MNIST."""
+    return DATASETS[dataset_name(run)].classes
 
 
 def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.MNIST | None = None,
@@ -195,7 +209,7 @@ def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.M
     if dataset is None:
         dataset, source = load_run_data(meta, data_dir, idx_dir)
     else:
-        source = data.describe(dataset, data_dir, idx_dir)
+        source = data.describe(dataset, data_dir, idx_dir, dataset_name(meta))
     totals, probabilities = probabilities_on_test_set(restored, dataset)
     count = int(totals.count)
     return {
@@ -204,15 +218,16 @@ def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.M
         "logged_correct": meta.get("correct"),
         # Which set ranks the run's checkpoints for "best" (ranking.rank), as its recipe says.
         "chosen_by": "validation" if meta["config"].get("validation") else "test",
+        "dataset": dataset_name(meta),
         "data": source._asdict(),  # the images that "index" below refers to
         "run_data": meta.get("data"),  # what the run trained and logged on
-        **error_analysis(dataset.test_labels, probabilities),
+        **error_analysis(dataset.test_labels, probabilities, class_names(meta)),
     }
 
 
 def probabilities_on_test_set(restored: RestoredModel, dataset: data.MNIST) -> tuple[EvalTotals, np.ndarray]:
     """Every test image through a restored model, in its run's evaluation batches: the summed
-    totals and the probabilities [N, 10]."""
+    totals and the probabilities [N, classes]."""
     batch_size = restored.meta["config"].get("eval_batch_size", 500)
     batches = jax.device_put(stack_batches(dataset.test_images, dataset.test_labels, batch_size))
     totals, probabilities = evaluate(restored.model, restored.variables, batches)
@@ -244,7 +259,7 @@ def restore_committee(workdirs: Sequence[str | Path], step: str = "best") -> lis
 
 def committee_probabilities(members: Sequence[RestoredModel],
                             dataset: data.MNIST) -> tuple[list[EvalTotals], np.ndarray, np.ndarray]:
-    """Each member's test totals and probabilities [M, N, 10], and the committee's [N, 10]: their
+    """Each member's test totals and probabilities [M, N, classes], and the committee's [N, classes]: their
     mean (the members' models may differ: each answers with a distribution over the same digits)."""
     evaluated = [probabilities_on_test_set(member, dataset) for member in members]
     member_probabilities = np.stack([probabilities for _, probabilities in evaluated])
@@ -260,11 +275,11 @@ def evaluate_committee(workdirs: Sequence[str | Path], step: str = "best", datas
     if dataset is None:
         dataset, source = load_run_data(members[0].meta, data_dir, idx_dir)  # the same data as every member's
     else:
-        source = data.describe(dataset, data_dir, idx_dir)
+        source = data.describe(dataset, data_dir, idx_dir, dataset_name(members[0].meta))
     member_totals, member_probabilities, probabilities = committee_probabilities(members, dataset)
     labels, count = dataset.test_labels, len(dataset.test_labels)
     correct = int((probabilities.argmax(axis=1) == labels).sum())
-    analysis = error_analysis(labels, probabilities)
+    analysis = error_analysis(labels, probabilities, class_names(members[0].meta))
     member_answers = member_probabilities.argmax(axis=2)  # [M, N]
     for miss in analysis["misclassified"]:
         miss["members"] = member_answers[:, miss["index"]].tolist()
@@ -274,7 +289,7 @@ def evaluate_committee(workdirs: Sequence[str | Path], step: str = "best", datas
                      "test_accuracy": 100.0 * int(totals.correct) / int(totals.count)}
                     for workdir, member, totals in zip(workdirs, members, member_totals)],
         "correct": correct, "test_images": count, "test_accuracy": 100.0 * correct / count,
-        "data": source._asdict(),  # the images that "index" below refers to
+        "dataset": dataset_name(members[0].meta), "data": source._asdict(),  # the images that "index" below refers to
         **analysis,  # of the committee's answers; each misclassified image also has every member's answer
     }
 
@@ -309,19 +324,29 @@ def print_report(report: dict[str, Any]) -> None:
         log.warning("Training logged %d correct for this checkpoint, on the same images: the arithmetic differs "
                     "(another JAX version, JAX_ENABLE_X64, another device).", report["logged_correct"])
     _print_per_class(report["per_class"])
-    log.info("\nconfusion matrix (rows: true, columns: predicted)")
-    log.info("      " + "".join(f"{p:>6d}" for p in range(10)))
-    for t, row in enumerate(report["confusion_matrix"]):
-        log.info(f"{t:>6d}" + "".join(f"{n:>6d}" for n in row))
+    names = report["classes"]
+    if len(names) <= MATRIX_PRINTED:
+        log.info("\nconfusion matrix (rows: true, columns: predicted)")
+        width = max(6, *(len(name) + 2 for name in names))
+        log.info(" " * width + "".join(name.rjust(width) for name in names))
+        for name, row in zip(names, report["confusion_matrix"]):
+            log.info(name.rjust(width) + "".join(f"{n:>{width}d}" for n in row))
+    else:
+        log.info("\nThe %dx%d confusion matrix is in the saved report and in `jaxmnist plot`'s confusion.png.",
+                 len(names), len(names))
     log.info("\nmost frequent confusions (true -> predicted: count)")
     for entry in report["top_confusions"][:10]:
-        log.info("  %d -> %d: %d", entry["true"], entry["predicted"], entry["count"])
+        log.info("  %s -> %s: %d", names[entry["true"]], names[entry["predicted"]], entry["count"])
+
+
+MATRIX_PRINTED = 10  # classes: a wider confusion matrix does not fit a terminal's line
 
 
 def _print_per_class(per_class: dict[str, dict[str, Any]]) -> None:
-    log.info("\nclass  correct / total  accuracy")
-    for c, row in per_class.items():
-        log.info("%5s  %7d / %5d  %7.2f%%", c, row["correct"], row["total"], row["accuracy"])
+    width = max(5, *(len(name) for name in per_class))
+    log.info("\n%s  correct / total  accuracy", "class".rjust(width))
+    for name, row in per_class.items():
+        log.info("%*s  %7d / %5d  %7.2f%%", width, name, row["correct"], row["total"], row["accuracy"])
 
 
 def print_committee_report(report: dict[str, Any], step: str) -> None:
@@ -341,9 +366,10 @@ def print_committee_report(report: dict[str, Any], step: str) -> None:
     log.info("\nThe committee misses %d test images%s", len(misses), shown or ".")
     if misses:
         log.info("index  true  answer  probability  members' answers")
+    names = report["classes"]
     for miss in misses[:MISSES_SHOWN]:
-        log.info("%5d  %4d  %6d  %11.4f  %s", miss["index"], miss["true"], miss["predicted"], miss["confidence"],
-                 " ".join(str(answer) for answer in miss["members"]))
+        log.info("%5d  %4s  %6s  %11.4f  %s", miss["index"], names[miss["true"]], names[miss["predicted"]],
+                 miss["confidence"], " ".join(names[answer] for answer in miss["members"]))
     if len(misses) > MISSES_SHOWN:
         log.info("... and %d more.", len(misses) - MISSES_SHOWN)
 
@@ -351,10 +377,10 @@ def print_committee_report(report: dict[str, Any], step: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, evaluate, print; every expected failure is one line and exit 1."""
     parser = checkpoint_parser(prog="python -m jaxmnist.evaluate", description="Restore a checkpoint and analyse its "
-                               "errors on the 10,000 test images; with several --workdir, the committee of those "
+                               "errors on its dataset's test images; with several --workdir, the committee of those "
                                "runs (the mean of their probabilities).", committee=True)
     parser.add_argument("--data-dir", default=None, help="TFDS data directory (default: the run's own data source)")
-    parser.add_argument("--idx-dir", default=None, help="read the MNIST IDX files from here instead of TFDS")
+    parser.add_argument("--idx-dir", default=None, help="read the run's dataset's IDX files from here instead of TFDS")
     parser.add_argument("--out", default=None, help="a committee's report as JSON, written to this file (default: "
                         "printed only; one run's report always goes to its eval/ folder)")
     args = parser.parse_args(argv)

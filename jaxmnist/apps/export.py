@@ -3,7 +3,7 @@
     python -m jaxmnist.export --workdir runs/mnist --out exported [--step best] [--onnx]
 
 Writes the chosen checkpoint's forward pass, uint8 images [N, 28, 28] in (white digits on black,
-as MNIST's) and probabilities [N, 10] out, the normalization inside:
+as MNIST's) and probabilities [N, classes] out, the normalization inside; export.json names the classes:
     mnist.jaxexport  a serialized jax.export artifact for CPU and CUDA, any batch size
                      (jax.export.deserialize(...).call(images) with jax alone)
     mnist.onnx       with --onnx: the same function through jax2onnx (pip install -e ".[onnx]"),
@@ -42,7 +42,7 @@ class ExportError(UserError):
 
 
 def probabilities_function(model, variables) -> Callable:
-    """uint8 images [N, 28, 28] -> probabilities [N, 10], with the variables inside. Traced with
+    """uint8 images [N, 28, 28] -> probabilities [N, classes], with the variables inside. Traced with
     the layers' textbook forms (not the CPU's fast one), so that one artifact lowers for every
     platform and converters meet plain lax primitives only."""
     import jax
@@ -63,7 +63,7 @@ def export_model(workdir: str | Path, out: str | Path, step: str = "best", onnx:
     import jax.numpy as jnp
     from jax import export
 
-    from jaxmnist.apps.evaluate import restore_model
+    from jaxmnist.apps.evaluate import class_names, restore_model
 
     check_path_argument("--out", str(out))
     _check_out(out)
@@ -76,7 +76,9 @@ def export_model(workdir: str | Path, out: str | Path, step: str = "best", onnx:
     record = {
         "workdir": str(Path(workdir).absolute()), "step": number, "epoch": meta["epoch"],
         "test_accuracy": meta.get("test_accuracy"), "data": meta.get("data"),
-        "input": "uint8 [N, 28, 28], white digits on black", "output": "float32 [N, 10] probabilities",
+        "input": "uint8 [N, 28, 28], white on black as the run's dataset's images",
+        "output": f"float32 [N, {len(class_names(meta))}] probabilities, one per class in the order of classes",
+        "classes": list(class_names(meta)),
         "jax_export": {"file": ARTIFACT, "platforms": list(PLATFORMS), "jax": jax.__version__,
                        "calling_convention_version": exported.calling_convention_version},
     }

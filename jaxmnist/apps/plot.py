@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -36,6 +37,7 @@ from jaxmnist.apps.sweep.plan import differing_settings, label
 from jaxmnist.config import Config
 from jaxmnist.core.augment import random_transform
 from jaxmnist.core.optimizers import OPTIMIZERS
+from jaxmnist.datasets import DATASETS
 from jaxmnist.core.loops import epoch_order
 from jaxmnist.core.steps import derive_keys, split_step_key
 from jaxmnist.errors import UserError
@@ -113,8 +115,10 @@ def curves(workdirs: list[str | Path]) -> Figure:
     test_loss_ax.set(title=f"Test{' and validation' if validation else ''} loss (unrotated images)", xlabel="epoch",
                      ylabel="cross-entropy")
     accuracy_ax.set(title="Accuracy (training: the augmented images trained on)", xlabel="epoch", ylabel="accuracy (%)")
-    accuracy_ax.axhline(99.05, color="grey", ls=":", lw=1, label="the lab: 99.05%")
-    optimizers = " / ".join(sorted({_optimizer(workdir) for workdir in workdirs} - {None}))
+    if all(_recorded(workdir, "dataset") in ("mnist", None) for workdir in workdirs):  # the lab's result is MNIST's
+        accuracy_ax.axhline(99.05, color="grey", ls=":", lw=1, label="the lab: 99.05%")
+    optimizers = " / ".join(sorted({OPTIMIZERS[name].label for name in {_recorded(w, "optimizer") for w in workdirs}
+                                    if name in OPTIMIZERS}))
     lr_ax.set(title="Learning rate", xlabel="epoch", ylabel=f"{optimizers} learning rate".strip(), yscale="log")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
@@ -126,11 +130,11 @@ def curves(workdirs: list[str | Path]) -> Figure:
     return fig
 
 
-def _optimizer(workdir: Path) -> str | None:
-    """The optimizer a run recorded, as figures name it ("Adam"); None where it has no record."""
+def _recorded(workdir: Path, setting: str) -> Any:
+    """A setting the run recorded ("optimizer": "adam"); None where it has no record of it."""
     try:
-        return OPTIMIZERS[read_run(workdir)["config"]["optimizer"]].label
-    except (UserError, KeyError):
+        return read_run(workdir)["config"].get(setting)
+    except UserError:
         return None
 
 
@@ -226,9 +230,10 @@ def samples(config: Config, dataset: data.MNIST, count: int = 16) -> Figure:
     images = random_transform(augment_key, train_images[ids], config.rotation, config.translate)
     fig = _new_figure(figsize=(count * 0.75, 4.2))
     axes = fig.subplots(2, count // 2)
-    for ax, image, digit in zip(axes.flat, np.asarray(images), train_labels[ids]):
+    names = DATASETS[config.dataset].classes
+    for ax, image, label in zip(axes.flat, np.asarray(images), train_labels[ids]):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(str(digit))
+        ax.set_title(names[label], fontsize=9)
         ax.axis("off")
     fig.suptitle(f"First training batch of epoch 1, as the model sees it (rotation +-{config.rotation:g} degrees"
                  + (f", shift +-{config.translate} pixels)" if config.translate else ")"))
@@ -237,20 +242,27 @@ def samples(config: Config, dataset: data.MNIST, count: int = 16) -> Figure:
 
 
 def confusion(report: dict) -> Figure:
-    """confusion.png: the 10x10 confusion matrix, counts annotated; the diagonal is shaded separately."""
+    """confusion.png: the confusion matrix with the classes' names, counts annotated (up to 26
+    classes: more do not fit); the diagonal is shaded separately."""
     matrix = np.array(report["confusion_matrix"])
-    errors = np.where(np.eye(10, dtype=bool), 0, matrix)
-    fig = _new_figure(figsize=(7, 6))
+    names, n = report["classes"], len(matrix)
+    errors = np.where(np.eye(n, dtype=bool), 0, matrix)
+    side = max(7.0, 0.28 * n + 3)  # inches: 47 classes still get readable labels
+    fig = _new_figure(figsize=(side, side - 1))
     ax = fig.subplots()
     image = ax.imshow(errors, cmap="Reds")
-    for t in range(10):
-        for p in range(10):
+    for t in range(n if n <= 26 else 0):
+        for p in range(n):
             if matrix[t, p]:
                 dark = errors[t, p] > 0.55 * errors.max()  # white on the darkest reds, to stay readable
                 colour = "tab:green" if t == p else "white" if dark else "black"
-                ax.text(p, t, matrix[t, p], ha="center", va="center", fontsize=8, color=colour,
+                ax.text(p, t, matrix[t, p], ha="center", va="center", fontsize=8 if n <= 10 else 5, color=colour,
                         weight="bold" if t == p or dark else None)
-    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
+    long_names = max(len(name) for name in names) > 2
+    ax.set_xticks(range(n), names, rotation=45 if long_names else 0, ha="right" if long_names else "center",
+                  fontsize=8 if n <= 26 else 6)
+    ax.set_yticks(range(n), names, fontsize=8 if n <= 26 else 6)
+    ax.set(xlabel="predicted", ylabel="true",
            title=f"Confusion matrix, step {report['step']}{_chosen(report)}\n{report['correct']}/{report['test_images']} "
                  "test images correct\n(colour: mistakes only; green: correct counts)")
     fig.colorbar(image, ax=ax, label="misclassified images")
@@ -273,9 +285,12 @@ def errors(report: dict, dataset: data.MNIST, limit: int = 150) -> Figure:
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    names = report["classes"]
+    apart = "\n" if max(len(name) for name in names) > 3 else " "  # "Ankle boot -> Sneaker" needs its own line
     for ax, m in zip(axes.flat, wrong):
         ax.imshow(dataset.test_images[m["index"]], cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{m['true']} -> {m['predicted']} ({m['confidence']:.2f})", fontsize=8)
+        ax.set_title(f"{names[m['true']]} -> {names[m['predicted']]}{apart}({m['confidence']:.2f})", fontsize=7 if
+                     apart == "\n" else 8)
     shown = f"the {len(wrong)} most confident" if len(report["misclassified"]) > limit else "all"
     fig.suptitle(f"Misclassified test images ({shown} of {len(report['misclassified'])}), step {report['step']}"
                  f"{_chosen(report)}: true -> predicted (confidence)")
@@ -362,4 +377,5 @@ def _saved_report(path: Path, source) -> dict | None:
         report = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return report if report.get("data", {}).get("fingerprint") == source.fingerprint else None
+    same_images = report.get("data", {}).get("fingerprint") == source.fingerprint
+    return report if same_images and "classes" in report else None  # without classes: an older jaxmnist's

@@ -18,12 +18,14 @@ import io
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from jaxmnist.apps.picture import BadPicture, open_picture
-from jaxmnist.apps.prepare import prepare_digit
+from jaxmnist.apps.prepare import PREPARE, prepare_digit
+from jaxmnist.datasets import DATASETS, Dataset
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.runtime.reporting import log
 from jaxmnist.apps.console import run_command, setup_console
@@ -38,23 +40,25 @@ WIDEST = 3.0
 
 
 def top_three(probabilities: np.ndarray) -> list[tuple[int, float]]:
-    """The three most likely digits and their probabilities, most likely first."""
+    """The three most likely classes (by number) and their probabilities, most likely first."""
     order = np.argsort(-probabilities, kind="stable")[:3]
     return [(int(d), float(probabilities[d])) for d in order]
 
 
-def read_digit(path: str) -> np.ndarray:
-    """One picture file, or standard input for "-", as the 28x28 digit the model reads."""
+def read_digit(path: str, prepare: Callable[[Image.Image], np.ndarray] = prepare_digit) -> np.ndarray:
+    """One picture file, or standard input for "-", as the 28x28 image the model reads, made by
+    prepare (the run's dataset's way: apps/prepare.py)."""
     if path == "-" and sys.stdin is None:  # started with standard input closed
         raise BadPicture("cannot be read: standard input is closed")
     source = io.BytesIO(sys.stdin.buffer.read()) if path == "-" else path
     with open_picture(source) as picture:
-        return prepare_digit(picture)
+        return prepare(picture)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = checkpoint_parser(prog="python -m jaxmnist.predict", description="Read the digit in each picture with a "
-                           "trained model; pictures are prepared as MNIST's digits were.")
+    parser = checkpoint_parser(prog="python -m jaxmnist.predict", description="Read the digit (or letter, or article "
+                           "of clothing: the run's dataset's classes) in each picture with a trained model; pictures "
+                           "are prepared as the dataset's images were.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="picture files of one digit each; - reads one "
                         "from standard input; a file whose name starts with - goes after -- (-- -lead.png)")
     parser.add_argument("--json", action="store_true", help="one JSON object per picture instead of a line")
@@ -70,32 +74,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(lambda: _predict_each(args))
 
 
-def _wider_than_a_digit(digit: np.ndarray) -> bool:
+def _wider_than_a_digit(digit: np.ndarray) -> bool:  # MNIST's rule; EMNIST's and KMNIST's shapes are alike
     """Whether a prepared digit's ink box is more than WIDEST times wider than tall."""
     rows, cols = np.nonzero(digit > 51)  # a fifth of full ink: the antialiased fringe does not count
     return len(rows) > 0 and (cols.max() - cols.min() + 1) > WIDEST * (rows.max() - rows.min() + 1)
 
 
-def _predict_each(args) -> int:
-    from jaxmnist.apps.evaluate import load_model  # JAX loads here, after the flags
+def _trained(workdir: str, step: str) -> tuple[Callable[..., np.ndarray], Dataset]:
+    """The checkpoint's predict function (evaluate.load_model's), and the dataset its run learned."""
+    from jaxmnist.apps.evaluate import dataset_name, predictor, restore_model  # JAX loads here, after the flags
 
-    predict = load_model(args.workdir, args.step)
+    restored = restore_model(workdir, step)
+    return predictor(restored.model, restored.variables), DATASETS[dataset_name(restored.meta)]
+
+
+def _predict_each(args) -> int:
+    predict, dataset = _trained(args.workdir, args.step)
+    names, prepare = dataset.classes, PREPARE[dataset.prepare]
     failed = False
     for path in args.images:
         try:
-            digit = read_digit(path)
+            image = read_digit(path, prepare)
         except BadPicture as error:  # this file only: the others are still read
             log.error("%s %s.", "standard input" if path == "-" else path, error)
             failed = True
             continue
-        likely = top_three(predict(digit[None])[0])
-        doubt = ("it is wider than any MNIST digit (a line, not a digit?)" if _wider_than_a_digit(digit) else
-                 "the picture may not look like MNIST's digits (one dark digit on even, light paper reads best)"
+        likely = top_three(predict(image[None])[0])
+        doubt = (f"it is wider than any {dataset.title} {dataset.item} (a line, not a {dataset.item}?)" if dataset.prepare == "ink" and
+                 _wider_than_a_digit(image) else
+                 f"the picture may not look like {dataset.title}'s images ({LOOKS_BEST[dataset.prepare]})"
                  if likely[0][1] < UNSURE_BELOW else "")
         if args.json:
-            print(json.dumps({"file": path, "digit": likely[0][0], "unsure": bool(doubt),
-                              "top3": [{"digit": d, "probability": round(p, 6)} for d, p in likely]}), flush=True)
+            answer = {"file": path, "class": names[likely[0][0]], "label": likely[0][0], "unsure": bool(doubt),
+                      "top3": [{"class": names[c], "label": c, "probability": round(p, 6)} for c, p in likely]}
+            if dataset.item == "digit":  # the field scripts read before there were other datasets
+                answer |= {"digit": likely[0][0]}
+            print(json.dumps(answer), flush=True)
         else:
-            alternatives = ", ".join(f"{d}: {100 * p:.1f}%" for d, p in likely)
-            log.info("%s: %d  (%s)%s", path, likely[0][0], alternatives, f"  unsure: {doubt}" if doubt else "")
+            alternatives = ", ".join(f"{names[c]}: {100 * p:.1f}%" for c, p in likely)
+            log.info("%s: %s  (%s)%s", path, names[likely[0][0]], alternatives, f"  unsure: {doubt}" if doubt else "")
     return 1 if failed else 0
+
+
+LOOKS_BEST = {"ink": "one dark stroke drawing on even, light paper reads best",
+              "article": "one article alone on a plain, even background reads best"}

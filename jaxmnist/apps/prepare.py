@@ -1,8 +1,9 @@
-"""Any picture of a digit -> a 28x28 image made the way MNIST's own digits were made.
+"""Any picture -> a 28x28 image made the way its dataset's own images were made.
 
 MNIST's digits are white on black, their longer side scaled to 20 pixels with antialiasing, and
 placed on a 28x28 field so that their centre of mass is at its centre. prepare_digit does the
-same to a photo, a scan or a drawing, so that the model sees what it was trained on. Pictures are
+same to a photo, a scan or a drawing, so that the model sees what it was trained on; EMNIST and
+KMNIST were made the same way. prepare_article makes a Fashion-MNIST image of a product photo. Pictures are
 read as a photo viewer shows them (jaxmnist.apps.picture); Pillow resamples; nothing here imports JAX.
 """
 
@@ -31,15 +32,8 @@ def prepare_digit(picture: Image.Image | np.ndarray) -> np.ndarray:
     longer side is 20 pixels (Pillow's antialiasing filter); placed on a black 28x28 square with its
     centre of mass at the centre. A picture without ink raises NotADigit.
     """
-    grey = _as_grey(picture)  # float [H, W], 0 black .. 1 white
-    paper = _paper(grey)
-    ink = grey - paper if np.median(paper) < 0.5 else paper - grey  # brightness of the ink above the paper
-    if np.ndim(paper) and np.median(paper) >= 0.5:  # lit unevenly: ink as a share of its paper's light,
-        ink = ink / np.maximum(paper, 0.05)          # which the lamp does not change
-    ink = np.clip(ink, 0.0, None)
-    if ink.max() < 0.1:
-        raise NotADigit("has no ink: a blank page, or a digit too faint to see")
-    ink = np.where(ink >= INK * ink.max(), ink, 0.0) / ink.max()  # paper texture and JPEG noise go
+    ink = _ink(picture)
+    ink = np.where(ink >= INK, ink, 0.0)  # paper texture and JPEG noise go
     rows, cols = np.nonzero(ink)
     ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = ink.shape
@@ -48,6 +42,51 @@ def prepare_digit(picture: Image.Image | np.ndarray) -> np.ndarray:
     small = np.asarray(Image.fromarray(ink.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS))
     small = np.clip(small, 0.0, 1.0)
     return _centre_of_mass_on_field(small)
+
+
+def prepare_article(picture: Image.Image | np.ndarray) -> np.ndarray:
+    """A photo of one article of clothing on a plain background -> uint8 [28, 28], Fashion-MNIST-style.
+
+    Zalando made Fashion-MNIST from product photos: trimmed to the article, the longer side scaled
+    to 28 pixels, the article centred, grey levels negated (a light article on black). So here: the
+    background taken away as prepare_digit takes the paper, every grey level of the article kept
+    (its texture is what tells a shirt from a coat), cropped to its box, scaled into 28x28 and
+    centred by its box, not by its mass."""
+    article = _ink(picture, plain_background=True)
+    rows, cols = np.nonzero(article >= ARTICLE_EDGE)
+    article = article[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = article.shape
+    scale = FIELD / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.clip(np.asarray(Image.fromarray(article.astype(np.float32), mode="F").resize(
+        size, Image.Resampling.LANCZOS)), 0.0, 1.0)
+    field = np.zeros((FIELD, FIELD), np.float32)
+    top, left = (FIELD - small.shape[0]) // 2, (FIELD - small.shape[1]) // 2
+    field[top : top + small.shape[0], left : left + small.shape[1]] = small
+    return np.round(field * 255.0).astype(np.uint8)
+
+
+ARTICLE_EDGE = 0.05  # of the article's brightest: fainter pixels are background noise, outside its box
+
+# How a picture becomes one of a dataset's images, by jaxmnist.datasets' `prepare`.
+PREPARE = {"ink": prepare_digit, "article": prepare_article}
+
+
+def _ink(picture: Image.Image | np.ndarray, plain_background: bool = False) -> np.ndarray:
+    """How far each pixel stands out from the paper (or background), 0..1 of the most: grey; the
+    paper's own brightness taken away (evened out where the page is lit unevenly, unless the
+    background is plain: a product photo, or a Fashion-MNIST image whose article reaches its
+    edges); inverted when the paper is lighter than the ink. A picture with nothing on it raises
+    NotADigit."""
+    grey = _as_grey(picture)  # float [H, W], 0 black .. 1 white
+    paper = float(np.median(_border(grey))) if plain_background else _paper(grey)
+    ink = grey - paper if np.median(paper) < 0.5 else paper - grey  # brightness of the ink above the paper
+    if np.ndim(paper) and np.median(paper) >= 0.5:  # lit unevenly: ink as a share of its paper's light,
+        ink = ink / np.maximum(paper, 0.05)          # which the lamp does not change
+    ink = np.clip(ink, 0.0, None)
+    if ink.max() < 0.1:
+        raise NotADigit("has no ink: a blank page, or a digit too faint to see")
+    return ink / ink.max()
 
 
 UNEVEN = 0.1  # a border whose brightness varies more than this across the picture is lit unevenly
@@ -61,7 +100,7 @@ def _paper(grey: np.ndarray) -> np.ndarray | float:
     shadow), the picture with its strokes filled in: a morphological closing (opening, for light
     ink on dark paper) over windows wider than a stroke, which keeps the edge of a shadow where it
     is, so that the darker part of the paper is not taken for ink."""
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    border = _border(grey)
     if np.percentile(border, 95) - np.percentile(border, 5) < UNEVEN:
         return float(np.median(border))
     height, width = grey.shape
@@ -75,6 +114,11 @@ def _paper(grey: np.ndarray) -> np.ndarray | float:
     # shadow's edge, never lifts the paper above its own dark side there: that would be ink.
     filled = filled.filter(ImageFilter.MinFilter(3) if light_paper else ImageFilter.MaxFilter(3))
     return np.asarray(filled.resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255.0
+
+
+def _border(grey: np.ndarray) -> np.ndarray:
+    """The picture's outermost pixels, where its subject is not (mostly)."""
+    return np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
 
 
 def _as_grey(picture: Image.Image | np.ndarray) -> np.ndarray:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from jaxmnist.apps.picture import BadPicture, open_picture
-from jaxmnist.apps.prepare import NotADigit, prepare_digit
+from jaxmnist.apps.prepare import PREPARE, NotADigit, prepare_digit
+from jaxmnist.datasets import DATASETS
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.errors import UserError
 from jaxmnist.runtime.reporting import log
@@ -91,16 +92,18 @@ def create_app(model: "ServedModel", hosts: Sequence[str] = LOCAL_NAMES):
         try:
             picture = open_picture(io.BytesIO(body))  # the header alone: cheap enough for the event loop
             if picture.width * picture.height > LARGE_PIXELS:
-                work = asyncio.get_running_loop().run_in_executor(large_pictures, _read_digit, picture, model.predict)
+                work = asyncio.get_running_loop().run_in_executor(large_pictures, _read_digit, picture, model.predict,
+                                                                  model.prepare)
             else:
-                work = run_in_threadpool(_read_digit, picture, model.predict)
+                work = run_in_threadpool(_read_digit, picture, model.predict, model.prepare)
             digit, probabilities = await work
         except NotADigit:
-            return JSONResponse({"error": "Draw a digit: the page is blank."}, status_code=422)
+            return JSONResponse({"error": f"Draw a {model.dataset.item}: the page is blank."}, status_code=422)
         except BadPicture as error:
             return JSONResponse({"error": f"The picture {error}."}, status_code=400)
-        return JSONResponse({"digit": int(probabilities.argmax()), "probabilities": [float(p) for p in probabilities],
-                             "image": digit.tolist()})
+        label = int(probabilities.argmax())
+        return JSONResponse({"digit": label, "class": model.dataset.classes[label],
+                             "probabilities": [float(p) for p in probabilities], "image": digit.tolist()})
 
     return Starlette(routes=[Route("/", index), Route("/run", which_run),
                              Route("/predict", read_drawing, methods=["POST"])],
@@ -126,10 +129,11 @@ def _yield_cpu() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-def _read_digit(picture, predict: Callable):
-    """Decode, prepare and classify: the work that runs on a worker thread."""
+def _read_digit(picture, predict: Callable, prepare: Callable = prepare_digit):
+    """Decode, prepare (as the run's dataset's images were made) and classify: the work that runs
+    on a worker thread."""
     with picture:
-        digit = prepare_digit(picture)
+        digit = prepare(picture)
     return digit, predict(digit[None])[0]
 
 
@@ -143,9 +147,11 @@ class ServedModel:
         self._load()
 
     def _load(self) -> None:
-        from jaxmnist.apps.evaluate import predictor, restore_model
+        from jaxmnist.apps.evaluate import dataset_name, predictor, restore_model
 
         model, variables, self.meta, self.step = restore_model(self.workdir, self.asked)
+        self.dataset = DATASETS[dataset_name(self.meta)]
+        self.prepare = PREPARE[self.dataset.prepare]
         self.predict = predictor(model, variables)  # one assignment: a request in flight keeps the model it took
 
     def follow_workdir(self) -> dict[str, Any]:
@@ -165,7 +171,8 @@ class ServedModel:
             except CheckpointError as error:  # e.g. a --restart has set the old checkpoints aside
                 stale = f"Still serving step {self.step}: {error}"
             return {"workdir": str(self.workdir), "step": self.step, "epoch": self.meta["epoch"], "follows": self.asked,
-                    "stale": stale}
+                    "stale": stale, "dataset": self.dataset.title, "item": self.dataset.item,
+                    "classes": list(self.dataset.classes)}
 
 
 def _port(text: str) -> int:

@@ -128,6 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_table(name: str) -> None:
-    from jaxmnist.core.models import MODELS  # JAX loads here, after the flags
+    from jaxmnist.core.models import build_model  # JAX loads here, after the flags
 
-    print(table(layers(MODELS[name]({"dropout": 0.0}))), flush=True)
+    print(table(layers(build_model({"model": name}))), flush=True)

@@ -131,14 +131,15 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
                 config = dataclasses.replace(config, **recorded)
                 log.info("Reading the data this run recorded: %s", recorded.get("idx_dir") or recorded.get("data_dir"))
         if dataset is None:  # a first TFDS read decodes 70,000 PNGs (about 10 s): said, not silent
-            slow = threading.Timer(2.0, log.info, (f"Loading {data.source_name(config.data_dir, config.idx_dir)} ...",))
+            where = data.source_name(config.data_dir, config.idx_dir, config.dataset)
+            slow = threading.Timer(2.0, log.info, (f"Loading {where} ...",))
             slow.start()
             try:
-                dataset = data.load(config.data_dir, config.idx_dir, config.cache_dir)
+                dataset = data.load(config.data_dir, config.idx_dir, config.cache_dir, config.dataset)
             finally:
                 slow.cancel()
-        data.check_sizes(dataset, config.allow_small_data, config.validation, config.batch_size)
-        source = data.describe(dataset, config.data_dir, config.idx_dir)
+        data.check_sizes(dataset, config.allow_small_data, config.validation, config.batch_size, config.dataset)
+        source = data.describe(dataset, config.data_dir, config.idx_dir, config.dataset)
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in PER_HOST_SETTINGS}
         settings["data"] = source.fingerprint  # what each host reads must be the same, wherever it is
         mesh = parallel.make_mesh(config.devices)

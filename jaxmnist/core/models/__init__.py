@@ -1,7 +1,7 @@
 """The models a run can train, by name (--model), and the one place that builds them.
 
 Each model is a plain flax.linen module in its own file, called as model(images, train=...) on
-normalized images [B, 28, 28, 1] and returning logits [B, 10]. Models with BatchNorm keep its
+normalized images [B, 28, 28, 1] and returning logits [B, num_classes]. Models with BatchNorm keep its
 statistics in the "batch_stats" collection; everything else (steps, checkpoints, evaluate,
 predict, export, serve) works for any model registered here.
 """
@@ -18,18 +18,21 @@ import jax.numpy as jnp
 from jaxmnist.core.models.lab import CNN
 from jaxmnist.core.models.layers import textbook_forms
 from jaxmnist.core.models.resnet import ResNet
+from jaxmnist.datasets import num_classes
 
-# name -> a function of the run's recipe (its config, or the dict recorded with a checkpoint).
+# name -> a function of the run's recipe (its config, or the dict recorded with a checkpoint), which
+# holds "num_classes" too: the class count of its --dataset.
 MODELS: dict[str, Callable[[Any], nn.Module]] = {
-    "lab": lambda recipe: CNN(dropout=recipe["dropout"]),
-    "resnet": lambda recipe: ResNet(dropout=recipe["dropout"]),
+    "lab": lambda recipe: CNN(num_classes=recipe["num_classes"], dropout=recipe["dropout"]),
+    "resnet": lambda recipe: ResNet(num_classes=recipe["num_classes"], dropout=recipe["dropout"]),
 }
 
 
 def build_model(recipe: Any) -> nn.Module:
-    """The model a recipe names: a Config, or the config dict a run recorded (older runs: the lab's)."""
-    recipe = recipe if isinstance(recipe, dict) else recipe.to_dict()
-    return MODELS[recipe.get("model", "lab")]({"dropout": 0.0} | recipe)
+    """The model a recipe names, with one output per class of its dataset: a Config, or the config
+    dict a run recorded."""
+    recipe = {"dropout": 0.0, "dataset": "mnist"} | (recipe if isinstance(recipe, dict) else recipe.to_dict())
+    return MODELS[recipe.get("model", "lab")](recipe | {"num_classes": num_classes(recipe["dataset"])})
 
 
 def computation_digest(model: nn.Module) -> str:
