@@ -88,7 +88,7 @@ def test_each_recipe_flag_changes_what_training_computes(tmp_path, tiny_mnist):
     four steps: the decay and warmup flags act at epoch boundaries."""
     base, base_params = _train_losses(tmp_path, tiny_mnist, "--epochs", "2", "--lr-decay-epochs", "1")
     for flags in (["--rotation", "0"], ["--translate", "2"], ["--dropout", "0.5"], ["--label-smoothing", "0.2"],
-                  ["--optimizer", "adamw", "--weight-decay", "0.5"], ["--optimizer", "sgd"], ["--lr", "2e-3"], ["--lr-decay", "0.5"], ["--schedule", "cosine"],
+                  ["--optimizer", "adamw", "--weight-decay", "0.5"], ["--optimizer", "sgd"], ["--flip"], ["--lr", "2e-3"], ["--lr-decay", "0.5"], ["--schedule", "cosine"],
                   ["--warmup-epochs", "1"], ["--seed", "1"], ["--batch-size", "50"]):
         losses, params = _train_losses(tmp_path, tiny_mnist, "--epochs", "2", "--lr-decay-epochs", "1", *flags)
         moved = losses.shape != base.shape or not np.allclose(losses, base, rtol=0, atol=1e-6)

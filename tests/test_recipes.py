@@ -41,6 +41,18 @@ def test_random_translation_uses_the_drawn_offsets_per_image():
     np.testing.assert_array_equal(draw_transforms(key, 8, 10.0, 2)[0], draw_transforms(key, 8, 10.0, 0)[0])
 
 
+def test_flip_mirrors_about_half_the_images_and_leaves_the_angles_as_drawn_without_it():
+    key = jax.random.key(5)
+    images = np.zeros((200, 28, 28), np.uint8)
+    images[:, 14, 3] = 255  # a dot near the left edge
+    mirrored = np.asarray(random_transform(key, jnp.asarray(images), 0.0, 0, flip=True))
+    left, right = mirrored[:, 14, 3] == 255, mirrored[:, 14, 24] == 255
+    assert (left ^ right).all() and 70 < right.sum() < 130  # each image once, about half of them mirrored
+    rotated = np.asarray(random_transform(key, jnp.asarray(images), 10.0, 2))
+    both = np.asarray(random_transform(key, jnp.asarray(images), 10.0, 2, flip=True))
+    np.testing.assert_array_equal(np.where(right[:, None, None], both[:, :, ::-1], both), rotated)
+
+
 def test_dropout_is_active_only_in_training_and_reproducible_for_a_key():
     model = CNN(dropout=0.3)
     x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
@@ -152,3 +164,12 @@ def test_an_sgd_run_resumes_exactly_evaluates_and_its_curves_say_sgd(tmp_path, t
     adam = tmp_path / "adam"
     run.train_and_evaluate(Config(workdir=str(adam), epochs=1, eval_batch_size=10, allow_small_data=True), tiny_mnist)
     assert plot.curves([adam, resumed]).axes[3].get_ylabel() == "Adam / SGD learning rate"
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_each_preset_as_help_spells_it_is_the_preset(name):
+    """--help lists each preset as flags (preset_flags): typed out, they give the preset's run."""
+    from jaxmnist.config import preset_flags
+
+    typed = parse_config(shlex.split(preset_flags(name)), "train", "").to_dict()
+    assert typed | {"recipe": name} == parse_config(["--recipe", name], "train", "").to_dict()

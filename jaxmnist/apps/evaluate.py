@@ -326,11 +326,13 @@ def print_report(report: dict[str, Any]) -> None:
     _print_per_class(report["per_class"])
     names = report["classes"]
     if len(names) <= MATRIX_PRINTED:
-        log.info("\nconfusion matrix (rows: true, columns: predicted)")
-        width = max(6, *(len(name) + 2 for name in names))
-        log.info(" " * width + "".join(name.rjust(width) for name in names))
-        for name, row in zip(names, report["confusion_matrix"]):
-            log.info(name.rjust(width) + "".join(f"{n:>{width}d}" for n in row))
+        short = max(len(name) for name in names) <= 4  # else the columns go by number: "T-shirt/top" x 10 is too wide
+        log.info("\nconfusion matrix (rows: true, columns: predicted%s)", "" if short else ", by class number")
+        rows = names if short else [f"{name} {number}" for number, name in enumerate(names)]
+        first = max(6, *(len(row) + 2 for row in rows))
+        log.info(" " * first + "".join(f"{name if short else number:>6}" for number, name in enumerate(names)))
+        for row, counts in zip(rows, report["confusion_matrix"]):
+            log.info(row.rjust(first) + "".join(f"{n:>6d}" for n in counts))
     else:
         log.info("\nThe %dx%d confusion matrix is in the saved report and in `jaxmnist plot`'s confusion.png.",
                  len(names), len(names))

@@ -227,7 +227,7 @@ def samples(config: Config, dataset: data.MNIST, count: int = 16) -> Figure:
     order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(train_images), config.batch_size)
     ids = np.asarray(order.indices[0])
     augment_key, _ = split_step_key(jax.random.fold_in(keys.augment, 0))  # step 0's, as the train step splits it
-    images = random_transform(augment_key, train_images[ids], config.rotation, config.translate)
+    images = random_transform(augment_key, train_images[ids], config.rotation, config.translate, config.flip)
     fig = _new_figure(figsize=(count * 0.75, 4.2))
     axes = fig.subplots(2, count // 2)
     names = DATASETS[config.dataset].classes
@@ -236,7 +236,8 @@ def samples(config: Config, dataset: data.MNIST, count: int = 16) -> Figure:
         ax.set_title(names[label], fontsize=9)
         ax.axis("off")
     fig.suptitle(f"First training batch of epoch 1, as the model sees it (rotation +-{config.rotation:g} degrees"
-                 + (f", shift +-{config.translate} pixels)" if config.translate else ")"))
+                 + (f", shift +-{config.translate} pixels" if config.translate else "")
+                 + (", mirrored at random)" if config.flip else ")"))
     fig.tight_layout()
     return fig
 

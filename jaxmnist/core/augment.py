@@ -1,4 +1,4 @@
-"""Pure, jittable image transforms: random rotation and translation, and the lab's normalization."""
+"""Pure, jittable image transforms: random rotation, translation and mirroring, and the lab's normalization."""
 
 from __future__ import annotations
 
@@ -57,9 +57,16 @@ def draw_transforms(key: jax.Array, batch: int, max_degrees: float, max_shift: i
     return degrees, shifts
 
 
-def random_transform(key: jax.Array, images: jax.Array, max_degrees: float, max_shift: int = 0) -> jax.Array:
-    """RandomRotation(max_degrees) and a random shift of up to max_shift pixels, fresh per image."""
-    if max_degrees == 0 and max_shift == 0:  # Python numbers: decided at trace time, "off" is free
+def random_transform(key: jax.Array, images: jax.Array, max_degrees: float, max_shift: int = 0,
+                     flip: bool = False) -> jax.Array:
+    """RandomRotation(max_degrees), a random shift of up to max_shift pixels and, with flip,
+    RandomHorizontalFlip(0.5): each fresh per image."""
+    if max_degrees == 0 and max_shift == 0 and not flip:  # Python values: decided at trace time, "off" is free
         return images
-    return transform(images, *draw_transforms(key, images.shape[0], max_degrees, max_shift))
+    if max_degrees or max_shift:
+        images = transform(images, *draw_transforms(key, images.shape[0], max_degrees, max_shift))
+    if flip:  # its own stream (key folded with 2), so the angles and shifts are those drawn without it
+        mirrored = jax.random.bernoulli(jax.random.fold_in(key, 2), 0.5, (images.shape[0],))
+        images = jnp.where(mirrored[:, None, None], images[:, :, ::-1], images)
+    return images
 

@@ -36,10 +36,11 @@ class StepOptions(NamedTuple):
     rotation: float = 0.0
     translate: int = 0
     label_smoothing: float = 0.0
+    flip: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> "StepOptions":
-        return cls(config.rotation, config.translate, config.label_smoothing)
+        return cls(config.rotation, config.translate, config.label_smoothing, config.flip)
 
 
 class Keys(NamedTuple):
@@ -143,7 +144,8 @@ def split_step_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 def train_step(state: TrainState, batch: Batch, key: jax.Array, options: StepOptions) -> tuple[TrainState, StepMetrics]:
     """One optimizer update on a batch, augmented on the device with key; returns its loss and hits."""
     augment_key, dropout_key = split_step_key(key)
-    images = normalize(random_transform(augment_key, batch.images, options.rotation, options.translate))  # [B, 28, 28, 1]
+    images = normalize(random_transform(augment_key, batch.images, options.rotation, options.translate,
+                                        options.flip))  # [B, 28, 28, 1]
 
     def loss_fn(params):
         logits, updates = state.apply_fn(  # logits [B, 10]; updates: the batch's new BatchNorm statistics
