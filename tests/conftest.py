@@ -90,6 +90,20 @@ def tiny_mnist() -> MNIST:
     return make_mnist(200, 30)
 
 
+# `python -m pytest -m quick`: the files that test the maths, the data, the flags and the docs in this
+# process, with tiny data and no training process, notebook kernel or browser; the README gives its time.
+QUICK_FILES = {"test_architecture", "test_augment", "test_data", "test_docs", "test_golden", "test_lab_promises",
+               "test_model", "test_recipes", "test_reference", "test_reporting", "test_scripts", "test_skips",
+               "test_steps"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.stem in QUICK_FILES and not any(item.get_closest_marker(name) for name in ("slow", "gpu")):
+            item.add_marker(pytest.mark.quick)
+
+
 _REPORTED: list[str] = []
 
 
