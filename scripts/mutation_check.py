@@ -144,6 +144,23 @@ MUTATIONS = [
     Mutation("any-host", "the drawing page answers any Host header", "jaxmnist/apps/serve.py",
              "middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))]",
              'middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=["*"])]', ("tests/test_serve.py::test_only_this_machine_s_pages_and_bounded_pictures_are_answered",)),
+    # The optimizers, the datasets and the flip:
+    Mutation("sgd-momentum", "SGD's momentum 0.8 instead of 0.9", "jaxmnist/core/optimizers.py",
+             "optax.sgd(schedule, momentum=0.9)", "optax.sgd(schedule, momentum=0.8)",
+             ("tests/test_recipes.py::test_sgd_is_momentum_0_9_on_the_schedule",)),
+    Mutation("ten-outputs-always", "every model has 10 outputs, whatever the dataset", "jaxmnist/core/models/__init__.py",
+             'recipe | {"num_classes": num_classes(recipe["dataset"])}', 'recipe | {"num_classes": 10}',
+             ("tests/test_datasets.py::test_a_26_class_set_trains_and_evaluates_with_26_outputs_named_a_to_z",)),
+    Mutation("emnist-sideways", "EMNIST's images left transposed", "jaxmnist/data.py",
+             "if info.transposed else (lambda x: x)", "if False else (lambda x: x)",
+             ("tests/test_datasets.py::test_a_26_class_set_trains_and_evaluates_with_26_outputs_named_a_to_z",)),
+    Mutation("flip-everything", "--flip mirrors every image, not half", "jaxmnist/core/augment.py",
+             "images = jnp.where(mirrored[:, None, None], images[:, :, ::-1], images)",
+             "images = jnp.where(True, images[:, :, ::-1], images)",
+             ("tests/test_recipes.py::test_flip_mirrors_about_half_the_images_and_leaves_the_angles_as_drawn_without_it",)),
+    Mutation("article-by-mass", "a clothing photo is prepared as a digit (20 px, centre of mass)", "jaxmnist/apps/prepare.py",
+             'PREPARE = {"ink": prepare_digit, "article": prepare_article}', 'PREPARE = {"ink": prepare_digit, "article": prepare_digit}',
+             ("tests/test_datasets.py::test_real_fashion_mnist_files_train_and_predict_by_name",)),
 ]
 
 
