@@ -76,6 +76,18 @@ def test_a_47_class_report_prints_names_and_leaves_the_wide_matrix_to_the_figure
     assert report["per_class"]["t"] == {"correct": 1, "total": 2, "accuracy": 50.0}
 
 
+def test_a_47_class_set_trains_with_47_outputs_and_its_figures_name_them(tmp_path):
+    balanced = make_mnist(235, 47, classes=47)
+    workdir = _train(tmp_path, "emnist/balanced", write_idx(tmp_path / "balanced", _as_emnist_stores_it(balanced, 0)))
+    report = evaluate.evaluate_checkpoint(workdir)
+    assert np.array(report["confusion_matrix"]).shape == (47, 47) and report["classes"][-1] == "t"
+    figure = plot.confusion(report)
+    assert [label.get_text() for label in figure.axes[0].get_yticklabels()] == list(DATASETS["emnist/balanced"].classes)
+    assert not figure.axes[0].texts  # 47 x 47 counts would not be readable: the colours alone
+    samples = plot.samples(Config(dataset="emnist/balanced", allow_small_data=True), balanced)
+    assert {ax.get_title() for ax in samples.axes} <= set(DATASETS["emnist/balanced"].classes)
+
+
 def test_a_fashion_run_names_its_classes_and_refuses_mnist_s_data(tmp_path, capsys):
     fashion, digits = make_mnist(200, 30, seed=1), make_mnist(200, 30, seed=2)
     fashion_dir, digits_dir = write_idx(tmp_path / "fashion", fashion), write_idx(tmp_path / "digits", digits)
