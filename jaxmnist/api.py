@@ -47,7 +47,7 @@ def train(config: Config | None = None, *, dataset: MNIST | None = None,
     metrics.jsonl as it is written (every --log-every batches, and each epoch). Called again with
     the same workdir it resumes, as the command does; Ctrl-C (a notebook's interrupt) saves and
     stops. The console lines go to stdout."""
-    config = dataclasses.replace(config or Config(), **settings)
+    config = Config(**settings) if config is None else dataclasses.replace(config, **settings)
     setup_console()
     parallel.configure_jax(config)
     return train_and_evaluate(config, dataset, on_record=on_record)

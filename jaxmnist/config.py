@@ -62,10 +62,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # epochs cost about 5.6 times the lab CNN's on a CPU, so 12 fit in about 20 minutes on 2 cores.
     "resnet": {"model": "resnet", "epochs": 12, "translate": 2, "dropout": 0.1, "schedule": "cosine", "lr": 3e-3,
                "warmup_epochs": 1.0, "optimizer": "adamw", "weight_decay": 0.05},
-    # Fashion-MNIST with the lab CNN: the improved recipe, with clothes mirrored instead of rotated
-    # (chosen on a validation set: docs/datasets.md).
-    "fashion": {"dataset": "fashion_mnist", "epochs": 15, "rotation": 0.0, "flip": True, "translate": 2, "dropout": 0.3,
-                "schedule": "cosine", "lr": 3e-3, "warmup_epochs": 1.0, "optimizer": "adamw", "weight_decay": 0.05},
+    # Fashion-MNIST with the lab CNN: the improved recipe without rotation or dropout. On a validation
+    # set, turning clothes hurt (-0.7 points), mirroring them too (-0.6), and dropout 0.3 kept the
+    # small CNN below its training accuracy (docs/datasets.md).
+    "fashion": {"dataset": "fashion_mnist", "epochs": 15, "rotation": 0.0, "translate": 2, "schedule": "cosine",
+                "lr": 3e-3, "warmup_epochs": 1.0, "optimizer": "adamw", "weight_decay": 0.05},
 }
 
 
@@ -92,8 +93,9 @@ class Config:
     """One training run. The defaults are the lab's recipe."""
 
     # --- the recipe ------------------------------------------------------------------------------
-    model: str = _recipe("lab", "the network (jaxmnist/core/models): lab (the lab's two-conv CNN) or resnet (a small "
-                         "residual network with BatchNorm)", "{lab,resnet}", choices=MODEL_NAMES)
+    model: str = _recipe("lab", "the network (jaxmnist/core/models): lab (the lab's two-conv CNN), resnet (a small "
+                         "residual network with BatchNorm), or one you registered", "{" + ",".join(MODEL_NAMES) + "}",
+                         choices=MODEL_NAMES)
     dataset: str = _recipe("mnist", "the images to learn (jaxmnist/datasets.py), by their TFDS name: " + ", ".join(
         f"{name} ({info.title}, {len(info.classes)} classes)" for name, info in DATASETS.items()), "NAME",
         choices=tuple(DATASETS))
@@ -140,7 +142,8 @@ class Config:
 
     # --- run options ------------------------------------------------------------------------------
     recipe: str = _option("lab", _recipe_help(), "{" + ",".join(RECIPES) + "}", choices=tuple(RECIPES))
-    workdir: str = _option("runs/mnist", "the run's folder: config.json, metrics.jsonl, checkpoints/", "DIR")
+    workdir: str = _option(None, "the run's folder: config.json, metrics.jsonl, checkpoints/", "DIR",
+                           default_text="runs/DATASET: runs/mnist, runs/fashion_mnist, runs/emnist-letters, ...")
     data_dir: str | None = _option(None, "a TFDS data directory holding --dataset", "DIR",
                                    default_text="TFDS's own: $TFDS_DATA_DIR or ~/tensorflow_datasets, downloading "
                                                 "the dataset if needed")
@@ -163,8 +166,11 @@ class Config:
                             "WORKDIR/profile (TensorBoard's profile tab, or Perfetto)")
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:  # the flag's choices say so first; this is for Config(...) in Python
-            raise SettingError("dataset", f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}.")
+        for name, table in (("dataset", DATASETS), ("optimizer", OPTIMIZERS)):  # the flags' choices say so first;
+            if getattr(self, name) not in table:                                 # this is for Config(...) in Python
+                raise SettingError(name, f"{flag(name)} must be one of {', '.join(table)}, got {getattr(self, name)!r}.")
+        if self.workdir is None:  # each dataset its own folder: a Fashion-MNIST run never meets the MNIST run
+            object.__setattr__(self, "workdir", f"runs/{self.dataset.replace('/', '-')}")
         for name in ("epochs", "batch_size", "lr_decay_epochs", "log_every", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise SettingError(name, f"{flag(name)} must be a positive integer, got {getattr(self, name)}.")

@@ -37,8 +37,9 @@ DEFAULT_WORKDIR = "runs/mnist"
 MISSES_SHOWN = 20  # a committee's misses printed; the --out report holds them all
 
 
-def resolve_step(checkpoints: Checkpoints, step: str) -> int:
-    """'best', 'latest' or a step number -> a step that has a checkpoint."""
+def resolve_step(checkpoints: Checkpoints, step: str | int) -> int:
+    """'best', 'latest' or a step number (938 or "938") -> a step that has a checkpoint."""
+    step = str(step)
     if not checkpoints.steps():
         raise CheckpointError(f"{checkpoints.directory} holds no checkpoints: train first with python -m jaxmnist.train.")
     if step == "best":

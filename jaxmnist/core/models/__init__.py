@@ -19,6 +19,7 @@ from jaxmnist.core.models.lab import CNN
 from jaxmnist.core.models.layers import textbook_forms
 from jaxmnist.core.models.resnet import ResNet
 from jaxmnist.datasets import num_classes
+from jaxmnist.errors import UserError
 
 # name -> a function of the run's recipe (its config, or the dict recorded with a checkpoint), which
 # holds "num_classes" too: the class count of its --dataset.
@@ -31,8 +32,16 @@ MODELS: dict[str, Callable[[Any], nn.Module]] = {
 def build_model(recipe: Any) -> nn.Module:
     """The model a recipe names, with one output per class of its dataset: a Config, or the config
     dict a run recorded."""
-    recipe = {"dropout": 0.0, "dataset": "mnist"} | (recipe if isinstance(recipe, dict) else recipe.to_dict())
-    return MODELS[recipe.get("model", "lab")](recipe | {"num_classes": num_classes(recipe["dataset"])})
+    recipe = {"dropout": 0.0, "dataset": "mnist", "model": "lab"} | (recipe if isinstance(recipe, dict) else recipe.to_dict())
+    if recipe["model"] not in MODELS:  # a run of a model registered elsewhere: in a notebook, or in another copy
+        raise UnknownModel(f"The run's --model {recipe['model']} is not registered in this code (it knows "
+                           f"{', '.join(MODELS)}): register it in jaxmnist/core/models/__init__.py, or use the code "
+                           "that trained it.")
+    return MODELS[recipe["model"]](recipe | {"num_classes": num_classes(recipe["dataset"])})
+
+
+class UnknownModel(UserError):
+    """A recorded recipe names a model this code has not registered."""
 
 
 def computation_digest(model: nn.Module) -> str:
