@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxmnist.datasets import DATASETS
+from jaxmnist.datasets import DATASETS, KNOWN_FINGERPRINTS
 from jaxmnist.errors import UserError
 from jaxmnist.files import replace_file
 
@@ -280,6 +280,15 @@ def source_name(data_dir: str | None, idx_dir: str | None, name: str = "mnist") 
     if idx_dir is not None:
         return f"IDX files in {Path(idx_dir).absolute()}"
     return f"TFDS {name} in {data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'}"
+
+
+def check_named_right(source: Source, name: str) -> None:
+    """Refuse the published files of one dataset read under another's name (Fashion-MNIST's files
+    given as MNIST's trained to 87% with digits' names): their fingerprint says which they are."""
+    known = KNOWN_FINGERPRINTS.get(source.fingerprint)
+    if known is not None and known != name:
+        raise DataError(f"{source.name} holds {DATASETS[known].title}'s images (fingerprint {source.fingerprint}), "
+                        f"not {DATASETS[name].title}'s: give --dataset {known}.")
 
 
 def describe(dataset: MNIST, data_dir: str | None, idx_dir: str | None, name: str = "mnist") -> Source:

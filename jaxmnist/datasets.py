@@ -43,6 +43,15 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
+# The fingerprints (data.describe) of the published files this project has read: a run given one
+# dataset's files under another's name is refused, not trained with the wrong class names.
+KNOWN_FINGERPRINTS = {
+    "bab833be44432887": "mnist",  # MNIST's four IDX files
+    "bd58c4704eea5663": "mnist",  # TFDS mnist 3.0.1 (the same images, in TFDS's order)
+    "09627107dde20800": "fashion_mnist",  # Fashion-MNIST's four IDX files (Debian's dataset-fashion-mnist)
+}
+
+
 def num_classes(name: str) -> int:
     """How many outputs a model of this dataset has; runs recorded before --dataset are MNIST's."""
     return len(DATASETS[name].classes)

@@ -139,6 +139,9 @@ def test_real_fashion_mnist_files_train_and_predict_by_name(tmp_path, capsys, re
     full = data.load(idx_dir=str(FASHION), name="fashion_mnist")
     assert (len(full.train_images), len(full.test_images)) == (60_000, 10_000)
     data.check_sizes(full, name="fashion_mnist")
+    with pytest.raises(data.DataError, match=r"holds Fashion-MNIST's images \(fingerprint 09627107dde20800\), not "
+                                             r"MNIST's: give --dataset fashion_mnist\."):
+        data.check_named_right(data.describe(full, None, str(FASHION)), "mnist")  # what training checks first
     small = MNIST(full.train_images[:6000], full.train_labels[:6000], full.test_images[:1000], full.test_labels[:1000])
     workdir = tmp_path / "fashion"
     records = run.train_and_evaluate(Config(workdir=str(workdir), dataset="fashion_mnist", epochs=1, allow_small_data=True),

@@ -252,7 +252,7 @@ def test_a_slow_data_load_says_what_it_loads(tmp_path, tiny_mnist, monkeypatch, 
 
     from jaxmnist import data
 
-    def slow_load(data_dir, idx_dir, cache_dir):
+    def slow_load(data_dir, idx_dir, cache_dir, name):
         time.sleep(2.5)
         return tiny_mnist
 

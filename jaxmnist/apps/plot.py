@@ -313,7 +313,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         out = draw_sweep(Path(args.sweep), args.out) if args.sweep else draw(args)
-        written = "sweep.png" if args.sweep else "curves.png, samples.png, structure.png, confusion.png and errors.png"
+        if args.sweep:
+            written = "sweep.png"
+        elif len(args.workdir) > 1:  # the per-image figures describe one model: say whose
+            written = f"curves.png (all {len(args.workdir)} runs), and samples.png, structure.png, confusion.png and " \
+                      f"errors.png of {args.workdir[0]},"
+        else:
+            written = "curves.png, samples.png, structure.png, confusion.png and errors.png"
         log.info("Wrote %s to %s", written, out)
 
     return run_command(work)

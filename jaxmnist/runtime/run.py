@@ -140,6 +140,7 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
                 slow.cancel()
         data.check_sizes(dataset, config.allow_small_data, config.validation, config.batch_size, config.dataset)
         source = data.describe(dataset, config.data_dir, config.idx_dir, config.dataset)
+        data.check_named_right(source, config.dataset)
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in PER_HOST_SETTINGS}
         settings["data"] = source.fingerprint  # what each host reads must be the same, wherever it is
         mesh = parallel.make_mesh(config.devices)
