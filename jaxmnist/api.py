@@ -21,36 +21,41 @@ from jaxmnist.apps import plot as figures  # curves, samples, structure, confusi
 from jaxmnist.apps.console import setup_console
 from jaxmnist.apps.evaluate import RestoredModel, load_model, read_run, restore_model
 from jaxmnist.apps.evaluate import evaluate_checkpoint as evaluate
-from jaxmnist.apps.prepare import prepare_digit
+from jaxmnist.apps.prepare import PREPARE, prepare_digit
 from jaxmnist.apps.summary import layers, table
 from jaxmnist.config import RECIPES, Config
 from jaxmnist.core.models import MODELS, build_model
 from jaxmnist.data import MNIST
+from jaxmnist.datasets import DATASETS
+from jaxmnist.errors import UserError
 from jaxmnist.data import load as load_data
 from jaxmnist.runtime import parallel
 from jaxmnist.runtime.reporting import MetricsLog
 from jaxmnist.runtime.run import train_and_evaluate
 
 __all__ = ["Config", "RECIPES", "MODELS", "MNIST", "RestoredModel", "build_model", "evaluate", "figures", "layers",
-           "load_data", "load_model", "prepare_digit", "read_run", "records", "restore", "summary", "train"]
+           "load_data", "load_model", "prepare_digit", "prepare_picture", "read_run", "records", "restore", "summary",
+           "train"]
 
 restore = restore_model  # (workdir, step="best") -> RestoredModel(model, variables, meta, step)
 
 
-def train(config: Config | None = None, *, dataset: MNIST | None = None,
+def train(config: Config | None = None, *, arrays: MNIST | None = None,
           on_record: Callable[[dict[str, Any]], None] | None = None, **settings: Any) -> list[dict[str, Any]]:
     """Train as `jaxmnist train` does, in this process, and return the epoch records it wrote.
 
     config (default: the lab's recipe) with settings replacing its fields, as flags would:
-    train(epochs=1, workdir="runs/nb"). A preset is RECIPES[name]: train(**RECIPES["improved"]).
-    dataset (from load_data) replaces the data flags; on_record(record) sees each record of
-    metrics.jsonl as it is written (every --log-every batches, and each epoch). Called again with
-    the same workdir it resumes, as the command does; Ctrl-C (a notebook's interrupt) saves and
-    stops. The console lines go to stdout."""
+    train(epochs=1, workdir="runs/nb", dataset="fashion_mnist"); recipe="improved" starts from that
+    preset, as --recipe does. arrays (from load_data) replace the data flags; on_record(record) sees
+    each record of metrics.jsonl as it is written (every --log-every batches, and each epoch).
+    Called again with the same workdir it resumes, as the command does; Ctrl-C (a notebook's
+    interrupt) saves and stops. The console lines go to stdout."""
+    if "recipe" in settings:  # a preset's fields first, the settings given over them
+        settings = {**RECIPES[settings["recipe"]], **settings} if settings["recipe"] in RECIPES else settings
     config = Config(**settings) if config is None else dataclasses.replace(config, **settings)
     setup_console()
     parallel.configure_jax(config)
-    return train_and_evaluate(config, dataset, on_record=on_record)
+    return train_and_evaluate(config, arrays, on_record=on_record)
 
 
 def summary(model: Any) -> str:
@@ -62,4 +67,15 @@ def summary(model: Any) -> str:
 def records(workdir: str | Path, kind: str | None = "epoch") -> list[dict[str, Any]]:
     """A run's records from its metrics.jsonl, oldest first: "epoch" (the default), "train" (the
     log points), or None for both; docs/outputs.md lists their fields."""
-    return MetricsLog(Path(workdir) / "metrics.jsonl").records(kind)
+    if kind not in ("epoch", "train", None):
+        raise ValueError(f"kind must be 'epoch', 'train' or None, got {kind!r}.")
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{workdir} has no metrics.jsonl: is it a jaxmnist workdir?")
+    return MetricsLog(path).records(kind)
+
+
+def prepare_picture(picture: Any, dataset: str = "mnist") -> Any:
+    """A PIL image or array -> the uint8 [28, 28] image `jaxmnist predict` reads for a run of
+    dataset: MNIST's way (ink box, centre of mass) or Fashion-MNIST's (the article's box)."""
+    return PREPARE[DATASETS[dataset].prepare](picture)

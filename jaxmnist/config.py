@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from typing import Any, Sequence
 
@@ -166,9 +167,7 @@ class Config:
                             "WORKDIR/profile (TensorBoard's profile tab, or Perfetto)")
 
     def __post_init__(self) -> None:
-        for name, table in (("dataset", DATASETS), ("optimizer", OPTIMIZERS)):  # the flags' choices say so first;
-            if getattr(self, name) not in table:                                 # this is for Config(...) in Python
-                raise SettingError(name, f"{flag(name)} must be one of {', '.join(table)}, got {getattr(self, name)!r}.")
+        self._check_kinds()
         if self.workdir is None:  # each dataset its own folder: a Fashion-MNIST run never meets the MNIST run
             object.__setattr__(self, "workdir", f"runs/{self.dataset.replace('/', '-')}")
         for name in ("epochs", "batch_size", "lr_decay_epochs", "log_every", "eval_batch_size"):
@@ -208,6 +207,23 @@ class Config:
                                                f"{OPTIMIZERS[self.optimizer].label} takes no weight decay.")
         if self.data_dir is not None and self.idx_dir is not None:
             raise SettingError("idx_dir", "Give either --data-dir (TFDS) or --idx-dir (IDX files), not both.")
+
+    def _check_kinds(self) -> None:
+        """What the command line's parser checks, for a Config made in Python (jaxmnist.api): each value
+        of its field's type (a folder may be a Path), and one of its choices where it has them."""
+        for field in dataclasses.fields(self):
+            value, kind, choices = getattr(self, field.name), _field_type(field), field.metadata.get("choices")
+            if isinstance(value, os.PathLike) and kind is str:
+                object.__setattr__(self, field.name, value := os.fspath(value))
+            fits = value is None and field.default is None or (
+                isinstance(value, bool) if kind is bool else
+                isinstance(value, kind) and not isinstance(value, bool) or kind is float and type(value) is int)
+            if not fits:
+                raise SettingError(field.name, f"{flag(field.name)} must be a{'n' if kind is int else ''} "
+                                               f"{kind.__name__}, got {value!r}.")
+            # A model may be registered in Python too (a notebook's): build_model names an unknown one.
+            if choices is not None and value not in choices and field.name != "model":
+                raise SettingError(field.name, f"{flag(field.name)} must be one of {', '.join(choices)}, got {value!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready values."""

@@ -59,7 +59,7 @@ def load(data_dir: str | None = None, idx_dir: str | None = None, cache_dir: str
             dataset = _as_stored(load_tfds(data_dir, name=name), name)
             if cached is not None:
                 _write_cache(cached, dataset)
-    _check(dataset, name)
+    check_arrays(dataset, name)
     return dataset
 
 
@@ -222,7 +222,7 @@ def _can_reach(address: tuple[str, int], timeout: float = 3.0) -> bool:
         return False
 
 
-def _check(dataset: MNIST, name: str = "mnist") -> None:
+def check_arrays(dataset: MNIST, name: str = "mnist") -> None:
     """Refuse anything that is not shaped like the dataset: images [N, 28, 28], labels of its classes."""
     info = DATASETS[name]
     last = len(info.classes) - 1

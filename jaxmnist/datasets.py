@@ -52,6 +52,11 @@ KNOWN_FINGERPRINTS = {
 }
 
 
+def a_or_an(item: str) -> str:
+    """ "a digit", "an article of clothing": an item for a sentence."""
+    return f"{'an' if item[0] in 'aeiou' else 'a'} {item}"
+
+
 def num_classes(name: str) -> int:
     """How many outputs a model of this dataset has; runs recorded before --dataset are MNIST's."""
     return len(DATASETS[name].classes)

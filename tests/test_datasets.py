@@ -103,7 +103,8 @@ def test_a_fashion_run_names_its_classes_and_refuses_mnist_s_data(tmp_path, caps
     curves = plot.curves([workdir])
     assert not any("the lab" in line.get_label() for line in curves.axes[2].get_lines())  # MNIST's result only
 
-    with pytest.raises(WorkdirError, match=r"different settings \(--dataset fashion_mnist -> mnist\)"):
+    with pytest.raises(WorkdirError, match=r"holds a run of --dataset fashion_mnist, and this one is of mnist: add "
+                                           r"--dataset fashion_mnist to resume it"):
         run.train_and_evaluate(Config(workdir=str(workdir), idx_dir=str(digits_dir), epochs=2, eval_batch_size=16,
                                       allow_small_data=True))
     with pytest.raises(WorkdirError, match="was trained on IDX files in .* not on IDX files in"):

@@ -102,7 +102,7 @@ def test_predict_reads_each_file_and_reports_bad_ones_in_one_line_each(trained, 
     assert [r["file"] for r in results] == [str(f) for f in files[:4]]
     assert all(r["digit"] == label and len(r["top3"]) == 3 for r in results)
     assert err.strip().splitlines() == [
-        f"{files[4]} has no ink: a blank page, or a digit too faint to see.",
+        f"{files[4]} has no ink: a blank page, or a drawing too faint to see.",
         f"{files[5]} is not an image Pillow can read (UnidentifiedImageError).",
         f"{files[6]} does not exist.",
     ]
@@ -230,7 +230,7 @@ def test_standard_input_is_one_picture(trained, mnist, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)["digit"] == mnist.test_labels[0]
     monkeypatch.setattr(sys, "stdin", stdin_holding(Image.new("L", (50, 50), 255)))
     assert predict.main(["--workdir", str(trained), "-"]) == 1
-    assert capsys.readouterr().err.strip() == "standard input has no ink: a blank page, or a digit too faint to see."
+    assert capsys.readouterr().err.strip() == "standard input has no ink: a blank page, or a drawing too faint to see."
 
 
 def test_exif_orientation_turns_the_picture_upright(tmp_path):

@@ -56,7 +56,7 @@ def test_the_server_prepares_a_drawing_as_predict_prepares_a_file(trained):
     workdir, mnist = trained
     model = ServedModel(workdir)
     client = TestClient(create_app(model), base_url="http://localhost:8000")
-    assert 'Draw a <span id="item">digit</span>' in client.get("/").text  # the run's dataset's item, from /run
+    assert 'Draw <span id="item">a digit</span>' in client.get("/").text  # the run's dataset's item, from /run
     drawing = Image.fromarray(255 - mnist.test_images[0]).resize((280, 280))  # dark ink on a white pad
     answer = client.post("/predict", content=_png(drawing), headers=PNG).json()
     expected = prepare_digit(drawing)
@@ -175,7 +175,7 @@ def test_the_page_keeps_its_model_and_says_so_when_the_workdir_loses_its_checkpo
     model = ServedModel(tmp_path / "run")
     first = model.predict
     assert model.follow_workdir() == {"workdir": str(tmp_path / "run"), "step": 157, "epoch": 1, "follows": "best",
-                                      "stale": None, "dataset": "MNIST", "item": "digit", "classes": list("0123456789")}
+                                      "stale": None, "dataset": "MNIST", "item": "a digit", "classes": list("0123456789")}
     assert model.predict is first  # nothing changed, nothing loaded
     shutil.move(tmp_path / "run" / "checkpoints", tmp_path / "aside")  # as a --restart does before its first save
     record = model.follow_workdir()

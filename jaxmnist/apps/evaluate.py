@@ -209,7 +209,8 @@ def evaluate_checkpoint(workdir: str | Path, step: str = "best", dataset: data.M
     meta = restored.meta
     if dataset is None:
         dataset, source = load_run_data(meta, data_dir, idx_dir)
-    else:
+    else:  # arrays from Python: checked against the run's classes, as loaded ones are
+        data.check_arrays(dataset, dataset_name(meta))
         source = data.describe(dataset, data_dir, idx_dir, dataset_name(meta))
     totals, probabilities = probabilities_on_test_set(restored, dataset)
     count = int(totals.count)
@@ -245,6 +246,10 @@ def restore_committee(workdirs: Sequence[str | Path], step: str = "best") -> lis
                                "name each member of a committee once.")
         seen[Path(workdir).resolve()] = workdir
     members = [restore_model(workdir, step) for workdir in workdirs]
+    kinds = {dataset_name(member.meta) for member in members}
+    if len(kinds) > 1:  # the same files, read as other classes: their probabilities cannot be averaged
+        raise data.DataError(f"The runs learned different datasets ({', '.join(sorted(kinds))}): a committee's members "
+                             "must answer with the same classes.")
     first = members[0].meta.get("data")
     for workdir, member in zip(workdirs, members):
         recorded = member.meta.get("data")

@@ -63,7 +63,7 @@ def export_model(workdir: str | Path, out: str | Path, step: str = "best", onnx:
     import jax.numpy as jnp
     from jax import export
 
-    from jaxmnist.apps.evaluate import class_names, restore_model
+    from jaxmnist.apps.evaluate import class_names, dataset_name, restore_model
 
     check_path_argument("--out", str(out))
     _check_out(out)
@@ -76,8 +76,11 @@ def export_model(workdir: str | Path, out: str | Path, step: str = "best", onnx:
     record = {
         "workdir": str(Path(workdir).absolute()), "step": number, "epoch": meta["epoch"],
         "test_accuracy": meta.get("test_accuracy"), "data": meta.get("data"),
-        "input": "uint8 [N, 28, 28], white on black as the run's dataset's images",
-        "output": f"float32 [N, {len(class_names(meta))}] probabilities, one per class in the order of classes",
+        "dataset": dataset_name(meta),
+        "input": "uint8 [N, 28, 28], white on black and upright as the run's dataset's images (EMNIST's files store "
+                 "them transposed: transpose those first)",
+        "output": f"float32 [N, {len(class_names(meta))}] probabilities, one per class in the order of classes "
+                  "(label numbers from 0: EMNIST Letters' files number A as 1)",
         "classes": list(class_names(meta)),
         "jax_export": {"file": ARTIFACT, "platforms": list(PLATFORMS), "jax": jax.__version__,
                        "calling_convention_version": exported.calling_convention_version},

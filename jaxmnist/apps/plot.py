@@ -84,7 +84,10 @@ def curves(workdirs: list[str | Path]) -> Figure:
     """curves.png: training loss (every log point and per epoch), test and validation loss, training,
     test and validation accuracy with the best epoch marked (by the set that chose it), and the
     learning rate."""
-    workdirs = [Path(workdir) for workdir in workdirs]
+    workdirs = [Path(workdirs)] if isinstance(workdirs, (str, Path)) else [Path(workdir) for workdir in workdirs]
+    for workdir in workdirs:
+        if not (workdir / "metrics.jsonl").is_file():
+            raise UserError(f"{workdir} has no metrics.jsonl: is it a jaxmnist workdir?")
     fig = _new_figure(figsize=(11, 7.5))
     axes = fig.subplots(2, 2)
     (loss_ax, test_loss_ax), (accuracy_ax, lr_ax) = axes
@@ -265,7 +268,8 @@ def confusion(report: dict) -> Figure:
     ax.set_yticks(range(n), names, fontsize=8 if n <= 26 else 6)
     ax.set(xlabel="predicted", ylabel="true",
            title=f"Confusion matrix, step {report['step']}{_chosen(report)}\n{report['correct']}/{report['test_images']} "
-                 "test images correct\n(colour: mistakes only; green: correct counts)")
+                 "test images correct\n" + ("(colour: mistakes only; green: correct counts)" if n <= 26 else
+                                            "(colour: mistakes only; counts in the saved report)"))
     fig.colorbar(image, ax=ax, label="misclassified images")
     fig.tight_layout()
     return fig
@@ -278,16 +282,19 @@ def _chosen(report: dict) -> str:
 
 def errors(report: dict, dataset: data.MNIST, limit: int = 150) -> Figure:
     """errors.png: the misclassified test images, most confident mistakes first."""
+    if data.describe(dataset, None, None).fingerprint != report["data"]["fingerprint"]:
+        raise UserError(f"These are not the images the report was made on ({report['data']['name']}): its indices "
+                        "would title other pictures.")
     wrong = report["misclassified"][:limit]
+    names = report["classes"]
+    apart = "\n" if max(len(name) for name in names) > 3 else " "  # "Ankle boot -> Sneaker" needs its own line
     columns = 10
     rows = max(1, -(-len(wrong) // columns))
-    height = rows * 1.45 + 0.6  # inches: the last 0.6 hold the title, whatever the number of rows
+    height = rows * (1.45 if apart == " " else 1.65) + 0.6  # inches: the last 0.6 hold the title, whatever the rows
     fig = _new_figure(figsize=(columns * 1.25, height))
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    names = report["classes"]
-    apart = "\n" if max(len(name) for name in names) > 3 else " "  # "Ankle boot -> Sneaker" needs its own line
     for ax, m in zip(axes.flat, wrong):
         ax.imshow(dataset.test_images[m["index"]], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{names[m['true']]} -> {names[m['predicted']]}{apart}({m['confidence']:.2f})", fontsize=7 if

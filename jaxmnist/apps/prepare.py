@@ -85,7 +85,7 @@ def _ink(picture: Image.Image | np.ndarray, plain_background: bool = False) -> n
         ink = ink / np.maximum(paper, 0.05)          # which the lamp does not change
     ink = np.clip(ink, 0.0, None)
     if ink.max() < 0.1:
-        raise NotADigit("has no ink: a blank page, or a digit too faint to see")
+        raise NotADigit("has no ink: a blank page, or a drawing too faint to see")
     return ink / ink.max()
 
 

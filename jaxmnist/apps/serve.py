@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from jaxmnist.apps.picture import BadPicture, open_picture
 from jaxmnist.apps.prepare import PREPARE, NotADigit, prepare_digit
-from jaxmnist.datasets import DATASETS
+from jaxmnist.datasets import DATASETS, a_or_an
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.errors import UserError
 from jaxmnist.runtime.reporting import log
@@ -98,7 +98,7 @@ def create_app(model: "ServedModel", hosts: Sequence[str] = LOCAL_NAMES):
                 work = run_in_threadpool(_read_digit, picture, model.predict, model.prepare)
             digit, probabilities = await work
         except NotADigit:
-            return JSONResponse({"error": f"Draw a {model.dataset.item}: the page is blank."}, status_code=422)
+            return JSONResponse({"error": f"Draw {a_or_an(model.dataset.item)}: the page is blank."}, status_code=422)
         except BadPicture as error:
             return JSONResponse({"error": f"The picture {error}."}, status_code=400)
         label = int(probabilities.argmax())
@@ -158,7 +158,7 @@ class ServedModel:
         """The /run record: the step served, after loading the checkpoint --step names now if it has
         changed; "stale" says in a sentence why an older one is still served (else null)."""
         from jaxmnist.apps.evaluate import resolve_step
-        from jaxmnist.runtime.checkpoint import CheckpointError, Checkpoints
+        from jaxmnist.runtime.checkpoint import Checkpoints
 
         stale = None
         with self._lock:
@@ -168,10 +168,10 @@ class ServedModel:
                     changed = now != self.step or checkpoints.meta(now) != self.meta
                 if changed:
                     self._load()
-            except CheckpointError as error:  # e.g. a --restart has set the old checkpoints aside
+            except UserError as error:  # a --restart has set the old checkpoints aside; a model not registered here
                 stale = f"Still serving step {self.step}: {error}"
             return {"workdir": str(self.workdir), "step": self.step, "epoch": self.meta["epoch"], "follows": self.asked,
-                    "stale": stale, "dataset": self.dataset.title, "item": self.dataset.item,
+                    "stale": stale, "dataset": self.dataset.title, "item": a_or_an(self.dataset.item),
                     "classes": list(self.dataset.classes)}
 
 

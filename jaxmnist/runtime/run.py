@@ -26,6 +26,7 @@ from jaxmnist.core.models import build_model
 from jaxmnist.core.steps import StepOptions, create_train_state, derive_keys, learning_rate_schedule
 from jaxmnist.errors import UserError
 from jaxmnist import data
+from jaxmnist.datasets import DATASETS
 from jaxmnist.runtime import parallel
 from jaxmnist.runtime import workdir as workdirs
 from jaxmnist.runtime.checkpoint import Checkpoints
@@ -125,11 +126,14 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
                             ("--idx-dir", config.idx_dir), ("--cache-dir", config.cache_dir)):
             workdirs.check_path_argument(flag, value)
         path = workdirs.check_workdir(config.workdir)
+        if not config.restart:
+            workdirs.check_same_dataset(path, config.dataset, config.workdir)
         if dataset is None and config.data_dir is None and config.idx_dir is None and not config.restart:
             recorded = workdirs.recorded_data(path)  # resuming: the data the run recorded, unless told otherwise
             if recorded:
                 config = dataclasses.replace(config, **recorded)
                 log.info("Reading the data this run recorded: %s", recorded.get("idx_dir") or recorded.get("data_dir"))
+        given = dataset is not None
         if dataset is None:  # a first TFDS read decodes 70,000 PNGs (about 10 s): said, not silent
             where = data.source_name(config.data_dir, config.idx_dir, config.dataset)
             slow = threading.Timer(2.0, log.info, (f"Loading {where} ...",))
@@ -138,8 +142,12 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
                 dataset = data.load(config.data_dir, config.idx_dir, config.cache_dir, config.dataset)
             finally:
                 slow.cancel()
+        else:  # arrays from Python (tests, notebooks): checked as loaded ones are, and named as what they are
+            data.check_arrays(dataset, config.dataset)
         data.check_sizes(dataset, config.allow_small_data, config.validation, config.batch_size, config.dataset)
         source = data.describe(dataset, config.data_dir, config.idx_dir, config.dataset)
+        if given:
+            source = source._replace(name=f"{DATASETS[config.dataset].title} arrays given in Python")
         data.check_named_right(source, config.dataset)
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in PER_HOST_SETTINGS}
         settings["data"] = source.fingerprint  # what each host reads must be the same, wherever it is
@@ -261,8 +269,10 @@ def _start_records(run: Run, step: int, meta: dict[str, Any]) -> None:
     log.info("Using device: %s", parallel.describe(run.mesh))
     epochs_done = step // run.steps_per_epoch
     if epochs_done >= run.config.epochs:
-        log.info("This run already finished %d epoch%s; pass more --epochs to continue it, or --restart.",
-                 epochs_done, "" if epochs_done == 1 else "s")
+        more = ("pass more --epochs to continue it" if run.config.schedule == "step" else
+                "its cosine schedule ends there, so a longer run is a new one: another --workdir")
+        log.info("This run already finished %d epoch%s; %s, or --restart.", epochs_done, "" if epochs_done == 1 else "s",
+                 more)
     elif step:
         log.info("Resuming from epoch %d, step %d", epochs_done + 1, step)
 

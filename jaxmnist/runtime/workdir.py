@@ -122,12 +122,26 @@ def is_run(path: Path) -> bool:
 def recorded_data(path: Path) -> dict[str, str]:
     """The data flags (--data-dir or --idx-dir) a run in path recorded in its config.json, relative
     ones joined to the folder it was started from: what resuming it without them reads."""
+    config, cwd = _recorded(path)
+    return {name: where_recorded(config[name], cwd) for name in ("data_dir", "idx_dir") if config.get(name)}
+
+
+def check_same_dataset(path: Path, dataset: str, workdir: str) -> None:
+    """Before any data is read: a run of another --dataset is refused naming the flag that resumes it
+    (read first, another dataset's files would fail on their sizes or labels, not on the reason)."""
+    recorded = _recorded(path)[0].get("dataset")
+    if recorded is not None and recorded != dataset:
+        raise WorkdirError(f"{workdir} holds a run of --dataset {recorded}, and this one is of {dataset}: add --dataset "
+                           f"{recorded} to resume it, or use another --workdir (--restart discards that run).")
+
+
+def _recorded(path: Path) -> tuple[dict[str, Any], str | None]:
+    """config.json's settings and start folder; ({}, None) where there is none to read."""
     try:
         record = json.loads((path / "config.json").read_text())
-        config, cwd = record["config"], record.get("cwd")
+        return dict(record["config"]), record.get("cwd")
     except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    return {name: where_recorded(config[name], cwd) for name in ("data_dir", "idx_dir") if config.get(name)}
+        return {}, None
 
 
 def where_recorded(path: str | None, cwd: str | None) -> str | None:
