@@ -92,9 +92,9 @@ def tiny_mnist() -> MNIST:
 
 # `python -m pytest -m quick`: the files that test the maths, the data, the flags and the docs in this
 # process, with tiny data and no training process, notebook kernel or browser; the README gives its time.
-QUICK_FILES = {"test_api", "test_architecture", "test_augment", "test_data", "test_docs", "test_golden", "test_lab_promises",
-               "test_model", "test_recipes", "test_reference", "test_reporting", "test_scripts", "test_skips",
-               "test_steps"}
+QUICK_FILES = {"test_api", "test_architecture", "test_augment", "test_data", "test_docs", "test_golden",
+               "test_lab_promises", "test_model", "test_recipes", "test_reference", "test_reporting", "test_scripts",
+               "test_skips", "test_steps"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by the markers
