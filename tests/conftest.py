@@ -104,13 +104,11 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.quick)
 
 
-_REPORTED: list[str] = []
-
-
 @pytest.fixture
-def report():
-    """report(line): a figure a test measured, shown in pytest's summary (output is captured)."""
-    return _REPORTED.append
+def report(request):
+    """report(line): a figure a test measured, shown in pytest's summary (output is captured). Kept
+    in the test's report, which pytest-xdist's workers send to the process that prints the summary."""
+    return lambda line: request.node.user_properties.append(("figure", line))
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -119,7 +117,10 @@ def pytest_terminal_summary(terminalreporter):
         tests = "1 test was" if len(skipped) == 1 else f"{len(skipped)} tests were"
         terminalreporter.write_line(f"{tests} skipped: real MNIST is needed, and {SHARED_DATA / 'mnist-idx'} "
                                     "does not exist.", yellow=True)
-    if _REPORTED:
+    figures = [value for reports in terminalreporter.stats.values() for report in reports
+               if getattr(report, "when", None) == "call" for name, value in getattr(report, "user_properties", ())
+               if name == "figure"]
+    if figures:
         terminalreporter.section("figures measured by the tests")
-        for line in _REPORTED:
+        for line in figures:
             terminalreporter.line(line)
