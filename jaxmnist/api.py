@@ -4,7 +4,7 @@
 
     records = api.train(epochs=1, workdir="runs/nb")           # the lab's recipe, one epoch; epoch records back
     report = api.evaluate("runs/nb")                           # what `jaxmnist evaluate` prints, as a dict
-    predict = api.load_model("runs/nb")                        # images [N, 28, 28] -> probabilities [N, 10]
+    predict = api.load_model("runs/nb")                        # images [N, 28, 28] -> probabilities [N, classes]
     api.figures.curves(["runs/nb"])                            # a matplotlib Figure (a notebook shows it)
 
 Each name here is the function the commands themselves call, so a notebook and `jaxmnist train`
@@ -26,9 +26,9 @@ from jaxmnist.apps.summary import layers, table
 from jaxmnist.config import RECIPES, Config
 from jaxmnist.core.models import MODELS, build_model
 from jaxmnist.data import MNIST
+from jaxmnist.data import load as load_data
 from jaxmnist.datasets import DATASETS
 from jaxmnist.errors import UserError
-from jaxmnist.data import load as load_data
 from jaxmnist.runtime import parallel
 from jaxmnist.runtime.reporting import MetricsLog
 from jaxmnist.runtime.run import train_and_evaluate
@@ -61,7 +61,6 @@ def train(config: Config | None = None, *, arrays: MNIST | None = None,
 def summary(model: Any) -> str:
     """The table `jaxmnist summary` prints: each layer, its output shape, parameters, multiply-adds."""
     return table(layers(model))
-
 
 
 def records(workdir: str | Path, kind: str | None = "epoch") -> list[dict[str, Any]]:
