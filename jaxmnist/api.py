@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from jaxmnist.apps import plot as figures  # curves, samples, structure, confusion, errors, sweep: each a Figure
 from jaxmnist.apps.console import setup_console
+from jaxmnist.apps.dashboard import Dashboard
 from jaxmnist.apps.evaluate import RestoredModel, load_model, read_run, restore_model
 from jaxmnist.apps.evaluate import evaluate_checkpoint as evaluate
 from jaxmnist.apps.prepare import PREPARE, prepare_digit
@@ -30,7 +31,7 @@ from jaxmnist.data import load as load_data
 from jaxmnist.datasets import DATASETS
 from jaxmnist.errors import UserError
 from jaxmnist.runtime import parallel
-from jaxmnist.runtime.reporting import MetricsLog
+from jaxmnist.metrics import MetricsLog
 from jaxmnist.runtime.run import train_and_evaluate
 
 __all__ = ["Config", "RECIPES", "MODELS", "MNIST", "RestoredModel", "build_model", "evaluate", "figures", "layers",
@@ -55,7 +56,14 @@ def train(config: Config | None = None, *, arrays: MNIST | None = None,
     config = Config(**settings) if config is None else dataclasses.replace(config, **settings)
     setup_console()
     parallel.configure_jax(config)
-    return train_and_evaluate(config, arrays, on_record=on_record)
+    with Dashboard(config.workdir) as dashboard:  # TensorBoard, as the command writes it
+
+        def watch(record: dict[str, Any]) -> None:
+            dashboard.write(record)
+            if on_record is not None:
+                on_record(record)
+
+        return train_and_evaluate(config, arrays, on_record=watch)
 
 
 def summary(model: Any) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from jaxmnist.core.optimizers import OPTIMIZERS
 from jaxmnist.datasets import DATASETS
+from jaxmnist.files import EMPTY_PATH
 
 SEED_LIMIT = 2**64  # seeds are 64-bit: derive_keys folds the high 32 bits in
 MODEL_NAMES = ("lab", "resnet")  # jaxmnist.core.models.MODELS's keys, named here so --help needs no JAX
@@ -36,7 +37,6 @@ def _option(default: Any, help: str, metavar: str | None = None, **extra: Any) -
 
 
 # The one answer to an empty path flag (an unset shell variable, most often), for every command.
-EMPTY_PATH = "must name a folder (it is empty: an unset shell variable?)"
 
 
 class SettingError(ValueError):

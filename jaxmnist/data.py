@@ -12,16 +12,21 @@ import contextlib
 import gzip
 import hashlib
 import io
+import logging
 import os
 import socket
+import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from jaxmnist.datasets import DATASETS, KNOWN_FINGERPRINTS
 from jaxmnist.errors import UserError
 from jaxmnist.files import replace_file
+
+if TYPE_CHECKING:
+    from jaxmnist.config import Config
 
 IMAGE_SIZE = 28
 # Where TFDS fetches the datasets from; probed before a download so that no network fails in seconds.
@@ -297,3 +302,25 @@ def describe(dataset: MNIST, data_dir: str | None, idx_dir: str | None, name: st
     for array in dataset:
         digest.update(np.ascontiguousarray(array).tobytes())
     return Source(source_name(data_dir, idx_dir, name), digest.hexdigest()[:16])
+
+
+def for_run(config: Config, given: MNIST | None = None) -> tuple[MNIST, Source]:
+    """A run's data and their Source, every check passed: read as its flags say (a first TFDS read
+    decodes 70,000 PNGs, about 10 s: said, not silent), or the arrays given from Python, named so."""
+    if given is None:
+        where = source_name(config.data_dir, config.idx_dir, config.dataset)
+        slow = threading.Timer(2.0, logging.getLogger("jaxmnist").info, (f"Loading {where} ...",))
+        slow.start()
+        try:
+            dataset = load(config.data_dir, config.idx_dir, config.cache_dir, config.dataset)
+        finally:
+            slow.cancel()
+    else:
+        dataset = given
+        check_arrays(dataset, config.dataset)
+    check_sizes(dataset, config.allow_small_data, config.validation, config.batch_size, config.dataset)
+    source = describe(dataset, config.data_dir, config.idx_dir, config.dataset)
+    if given is not None:
+        source = source._replace(name=f"{DATASETS[config.dataset].title} arrays given in Python")
+    check_named_right(source, config.dataset)
+    return dataset, source

@@ -8,7 +8,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "jaxmnist"
-SHARED = {"jaxmnist.config", "jaxmnist.datasets", "jaxmnist.errors", "jaxmnist.files"}  # the recipe, the datasets' table, the error type, the atomic write
+SHARED = {"jaxmnist.config", "jaxmnist.datasets", "jaxmnist.errors", "jaxmnist.files", "jaxmnist.metrics",
+          "jaxmnist.ranking"}  # the recipe, the datasets' table, the error type, file helpers, metrics.jsonl, the best-epoch rule
 SYSTEM = {"os", "sys", "signal", "subprocess", "multiprocessing", "threading", "pathlib", "shutil", "tempfile",
           "socket", "io", "json"}
 
@@ -99,3 +100,16 @@ CORE_BUDGET = 800  # lines: the core is read in one sitting
 def test_the_core_stays_short_enough_to_read_in_one_sitting():
     lines = sum(len(path.read_text().splitlines()) for path in _modules("core"))
     assert lines <= CORE_BUDGET, f"the core has grown to {lines} lines; move what is not maths to the runtime"
+
+
+RUNTIME_BUDGET = 1000  # non-blank lines: the driver around the core, made of Orbax and jax.distributed
+
+
+def test_the_runtime_stays_within_its_budget_and_starts_no_process():
+    """What is not the driver's (TensorBoard, the bar, metrics.jsonl, file helpers) lives beside it;
+    and no runtime module starts a process (to filter its own output, say)."""
+    lines = sum(1 for path in _modules("runtime") for line in path.read_text().splitlines() if line.strip())
+    assert lines <= RUNTIME_BUDGET, f"the runtime has grown to {lines} non-blank lines"
+    offenders = [f"{path.name} imports {name}" for path in _modules("runtime") for name in _imports(path)
+                 if name.split(".")[0] in ("subprocess", "multiprocessing")]
+    assert offenders == []

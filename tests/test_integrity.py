@@ -18,7 +18,7 @@ from test_evaluate import flip_a_parameter_bit
 
 from jaxmnist.apps import evaluate, export, predict, train
 from jaxmnist.runtime import run
-from jaxmnist.runtime.reporting import MetricsLog
+from jaxmnist.metrics import MetricsLog
 from jaxmnist.runtime.workdir import LOCK_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -364,10 +364,11 @@ def test_orbax_s_closed_loop_after_a_failed_save_prints_nothing_but_other_errors
 
 
 def test_a_full_disk_under_tensorboard_is_named_and_its_writer_writes_no_more(tmp_path, monkeypatch):
-    from jaxmnist.runtime.dashboard import Dashboard
+    from jaxmnist.apps.dashboard import Dashboard
 
-    board = Dashboard(tmp_path / "tensorboard")
-    board.rebuild([{"kind": "train", "epoch": 1, "step": 1, "loss": 2.0}])
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "train", "epoch": 1, "step": 1, "loss": 2.0}) + "\n")
+    board = Dashboard(tmp_path)
+    board.write({"kind": "train", "epoch": 1, "step": 1, "loss": 2.0})
     events = board._writer.file_writer.event_writer
 
     def full(*args):

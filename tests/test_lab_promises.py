@@ -204,7 +204,7 @@ def test_best_is_the_most_accurate_epoch_not_the_first_or_the_latest(tmp_path):
 
 
 def test_the_best_epoch_is_the_most_accurate_even_where_another_has_the_lower_test_loss():
-    from jaxmnist.runtime.ranking import rank
+    from jaxmnist.ranking import rank
 
     epochs = [{"kind": "epoch", "step": 4, "test_accuracy": 98.0, "test_loss": 0.04},
               {"kind": "epoch", "step": 8, "test_accuracy": 98.6, "test_loss": 0.06}]

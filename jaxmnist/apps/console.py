@@ -32,6 +32,31 @@ class _ConsoleHandler(logging.StreamHandler):
         super().handleError(record)
 
 
+class ProgressBar:
+    """A bar per epoch (speed, time left) under the lab's lines, when enabled: a run's on_progress.
+    The epoch's first call draws it (part done in a resumed epoch), its last images take it away."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled, self._bar = enabled, None
+
+    def __call__(self, epoch: int, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(done - self._bar.n)
+        elif self.enabled:
+            self._bar = tqdm(total=total, initial=done, desc=f"Epoch {epoch}", unit="img", leave=False, file=sys.stderr,
+                             dynamic_ncols=True)
+        if done >= total:
+            self.__exit__()
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc_info) -> None:  # also when the run stops mid-epoch: no half-drawn bar is left
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def setup_console() -> None:
     """Plain lines as the lab printed them: results on stdout, warnings and errors on stderr (the
     Unix convention, so `> log.txt` keeps the results and still shows what went wrong)."""

@@ -30,8 +30,8 @@ from jaxmnist.runtime.checkpoint import (
 )
 from jaxmnist.runtime.reporting import log
 from jaxmnist.apps.console import run_command, setup_console
-from jaxmnist.runtime.workdir import WorkdirError, check_path_argument, where_recorded
-from jaxmnist.files import replace_file
+from jaxmnist.files import check_path_argument, replace_file
+from jaxmnist.runtime.workdir import WorkdirError, where_recorded
 
 DEFAULT_WORKDIR = "runs/mnist"
 MISSES_SHOWN = 20  # a committee's misses printed; the --out report holds them all
@@ -86,7 +86,7 @@ def restore_model(workdir: str | Path, step: str = "best") -> RestoredModel:
     except OtherModel as error:
         raise OtherModel(f"{error}: this code's model is not the one that trained it; use the code that did.") from None
     except CheckpointError:
-        checkpoints.reload()
+        checkpoints.manager.reload()
         if number in checkpoints.steps():
             raise
         # Not damaged: a run training in this workdir replaced it while it was read.

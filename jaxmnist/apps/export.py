@@ -28,7 +28,7 @@ from jaxmnist.config import checkpoint_parser
 from jaxmnist.errors import UserError
 from jaxmnist.runtime.reporting import log, package_version
 from jaxmnist.apps.console import run_command, setup_console
-from jaxmnist.runtime.workdir import check_path_argument
+from jaxmnist.files import check_path_argument
 from jaxmnist.files import sync_folder
 
 ARTIFACT = "mnist.jaxexport"

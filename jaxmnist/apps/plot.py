@@ -41,13 +41,14 @@ from jaxmnist.datasets import DATASETS
 from jaxmnist.core.loops import epoch_order
 from jaxmnist.core.steps import derive_keys, split_step_key
 from jaxmnist.errors import UserError
-from jaxmnist.files import replace_file
 from jaxmnist import data
 from jaxmnist.apps.console import run_command, setup_console
 from jaxmnist.runtime.checkpoint import Checkpoints, OtherModel
-from jaxmnist.runtime.ranking import chosen_by, rank
-from jaxmnist.runtime.reporting import MetricsLog, log
-from jaxmnist.runtime.workdir import check_path_argument, is_run
+from jaxmnist.ranking import chosen_by, rank
+from jaxmnist.metrics import MetricsLog
+from jaxmnist.runtime.reporting import log
+from jaxmnist.files import check_path_argument, replace_file
+from jaxmnist.runtime.workdir import is_run
 
 
 def run_labels(workdirs: list[Path]) -> list[str]:

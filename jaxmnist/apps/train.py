@@ -15,7 +15,7 @@ from typing import Sequence
 from jaxmnist.config import parse_config
 from jaxmnist.errors import UserError
 from jaxmnist.runtime.reporting import log
-from jaxmnist.apps.console import setup_console
+from jaxmnist.apps.console import ProgressBar, setup_console
 from jaxmnist.runtime.stopping import stop_on_signals
 
 DESCRIPTION = """\
@@ -32,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # an exception raised inside an import (JAX's, TensorFlow's) aborts the interpreter instead.
     with stop_on_signals() as stop:
         try:
-            from jaxmnist.runtime import parallel  # noqa: PLC0415 - JAX loads here, after the flags
+            from jaxmnist.apps.dashboard import Dashboard  # noqa: PLC0415 - JAX loads here, after the flags
+            from jaxmnist.runtime import parallel  # noqa: PLC0415
             from jaxmnist.runtime.run import train_and_evaluate
 
             parallel.configure_jax(config)  # before any device is touched
@@ -40,7 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop.listen()  # again: jax.distributed installs its own SIGTERM handler
             if not parallel.is_main_process():  # one console for the whole run: process 0's
                 log.setLevel("ERROR")
-            train_and_evaluate(config, stop=stop)
+            # On an interactive terminal only: piped or redirected, the output is exactly the lab's lines.
+            show_bar = config.progress and sys.stderr.isatty() and parallel.is_main_process()
+            with Dashboard(config.workdir) as dashboard, ProgressBar(show_bar) as bar:  # each fed by the run
+                train_and_evaluate(config, stop=stop, on_record=dashboard.write, on_progress=bar)
         except UserError as error:
             return _fail(error.exit_code, str(error), at_once=error.leaves_threads_behind)
         except OSError as error:  # a workdir file made unwritable mid-run, or a full disk

@@ -1,2 +1,2 @@
-"""The resumable driver around the core and what it needs: the data on disk, checkpoints, the
-workdir and its lock, stopping, devices and processes, metrics and the console."""
+"""The resumable driver around the core and what it needs: checkpoints, the workdir, stopping,
+devices and processes, and the run's console lines."""

@@ -1,18 +1,9 @@
-"""Orbax checkpoints of a run: Orbax decides when to save and which to keep; we add the digests.
-
-The only module that reads or writes checkpoints through Orbax. Orbax's policies decide: a save every --checkpoint-seconds and
-at a stop (its interval and preemption policies), and the best (ranking.rank) and the latest are
-kept. Each checkpoint holds four or five items, so that evaluation can restore the model alone:
-    params, batch_stats  the model's variables (batch_stats for models with BatchNorm)
-    opt_state            the optimizer's state
-    progress             the global step and this epoch's running training sums (exact resume mid-epoch)
-    meta                 JSON: FORMAT, epoch, step, its epoch's record (at epoch ends), the run's
-                         identity, and a digest of every array, verified at every restore
-
-Orbax's data files carry no checksum: without the digests a flipped bit would be restored, used
-and exported without a word. Two failures are told apart, because only one of them may move a
-checkpoint away: DamagedCheckpoint (its bytes are shown to be wrong: a digest differs, a folder it
-must hold is missing) and UnreadableCheckpoint (anything else: the locale, a library, permissions).
+"""Orbax checkpoints of a run, the only module that reads or writes them: Orbax's policies save
+every --checkpoint-seconds and at a stop, and keep the best (ranking.rank) and the latest. Items:
+params and batch_stats (the model, restorable alone), opt_state, progress (the step and the epoch's
+running sums: an exact resume mid-epoch) and meta (JSON: FORMAT, step, epoch, the epoch's record,
+the run's identity, and a digest of every array). Orbax's files carry no checksum, so the digests
+are verified at every restore: without them a flipped bit would be used without a word.
 """
 
 from __future__ import annotations
@@ -36,7 +27,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxmnist.errors import UserError
-from jaxmnist.runtime.ranking import rank
+from jaxmnist.ranking import rank
 from jaxmnist.runtime.reporting import quiet_libraries
 from jaxmnist.runtime.workdir import FORMAT, check_format
 
@@ -48,29 +39,27 @@ class CheckpointError(UserError):
 
 
 class DamagedCheckpoint(CheckpointError):
-    """Its bytes are shown to be wrong. Only such a checkpoint may be set aside."""
+    """Its bytes are shown to be wrong (a digest differs, a folder is missing): it may be set aside."""
 
 
 class UnreadableCheckpoint(CheckpointError):
-    """Reading it failed for a reason not shown to be its bytes (locale, library, permissions)."""
+    """Reading failed for a reason not shown to be its bytes: never moved."""
 
 
 class OtherModel(CheckpointError):
-    """Its parameters have other names or shapes, or its model computes something else: not
-    damage, and never restored (Orbax would silently keep the saved shapes)."""
+    """Another model's (other parameter shapes, or other computations): not damage, never restored."""
 
 
 class SaveFailed(CheckpointError):
-    """A save could not be written (unwritable folder, full disk). Orbax's background threads then
-    wait forever for the commit that never comes, so the process must end without joining them."""
+    """A save failed (a full disk): Orbax's threads wait forever for its commit, so the process ends without them."""
 
     leaves_threads_behind = True
 
 
 @dataclasses.dataclass(kw_only=True)
 class IntervalSinceStart(policies.ContinuousCheckpointingPolicy):
-    """Orbax's interval policy, with the run's start counting as a save: Orbax alone would save at
-    once when the folder holds none, or only one older than the interval (an earlier run's)."""
+    """Orbax's interval policy, counting the run's start as a save: alone it would save at once when
+    the folder holds no save, or only one older than the interval (an earlier run's)."""
 
     started: datetime.datetime = dataclasses.field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
 
@@ -81,25 +70,22 @@ class IntervalSinceStart(policies.ContinuousCheckpointingPolicy):
 
 
 class _Manager(ocp.CheckpointManager):
-    """Orbax's manager, whose preemption (PreemptionCheckpointingPolicy's question) is our stop
-    request: Ctrl-C, SIGTERM or SIGHUP in any process, agreed by all at each step asked about.
-    (jax.distributed's own preemption sync point is chosen asynchronously: on short chunks of
-    steps, or near a run's end, it was never reached, and a SIGTERM was lost.)"""
+    """Orbax's manager, whose preemption (PreemptionCheckpointingPolicy's question) is our stop request
+    in any process, agreed once a step (jax.distributed's own sync point lost SIGTERMs near a run's end)."""
 
     stop = None  # a runtime.stopping.StopRequest
-    _asked = (None, 0)  # the last step asked about, and the signal agreed on there (0: none)
+    asked = (None, 0)  # the last step asked about, and the signal agreed on there (0: none)
 
     def reached_preemption(self, step: int) -> bool:
-        if step != self._asked[0]:  # one vote a step: Orbax asks, then the loop asks again
+        if step != self.asked[0]:  # one vote a step: Orbax asks, then the loop asks again
             signum = np.int32(self.stop.signal if self.stop else 0)
             if jax.process_count() > 1:
                 signum = multihost_utils.process_allgather(signum).max()
-            self._asked = (step, int(signum))
-        return bool(self._asked[1])
+            self.asked = (step, int(signum))
+        return bool(self.asked[1])
 
 
-def _name(path) -> str:
-    """A pytree path as the user reads it: conv1.kernel, not ['conv1']['kernel']."""
+def _name(path) -> str:  # a pytree path as the user reads it: conv1.kernel, not ['conv1']['kernel']
     return jax.tree_util.keystr(path, simple=True, separator=".")
 
 
@@ -125,8 +111,8 @@ def _reason(error: Exception) -> str:
 
 
 def model_difference(saved_shapes: dict[str, tuple], params) -> str | None:
-    """How a checkpoint's parameters (name -> shape) differ from a model's, naming the first
-    parameter that differs and both shapes; None when they fit."""
+    """How a checkpoint's parameters (name -> shape) differ from a model's, naming the first that
+    differs and both shapes; None when they fit."""
     wanted = {_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     for name in list(wanted) + [n for n in saved_shapes if n not in wanted]:
         saved, own = saved_shapes.get(name), wanted.get(name)
@@ -140,18 +126,16 @@ def model_difference(saved_shapes: dict[str, tuple], params) -> str | None:
 
 
 def check_same_computation(meta: dict[str, Any], digest: str, checkpoint: str) -> None:
-    """Raise OtherModel when the checkpoint's run recorded another computation digest for its
-    model (core.models.computation_digest) under this JAX version: a model edited without changing
-    any parameter's shape. Digests of other JAX versions are not compared."""
+    """OtherModel when the run recorded another computation digest (core.models.computation_digest)
+    under this JAX version: a model edited without changing a shape. Other versions' are not compared."""
     if meta["model_digest"] != digest and meta["arithmetic"]["jax"] == jax.__version__:
         raise OtherModel(f"{checkpoint} belongs to another model (every parameter has the shape it had, but the "
                          "model computes something else: another activation, order of layers or operation)")
 
 
 def _quiet_about_closed_loops(unraisable) -> None:
-    """sys.unraisablehook for a writer's process, silent about one error only: the "Event loop is
-    closed" that TensorStore's callbacks meet when a save fails and Orbax closes its loop under
-    them (one traceback per pending write). The failure itself reaches the user as one sentence."""
+    """A writer's sys.unraisablehook, silent only about the "Event loop is closed" that TensorStore's
+    callbacks meet, one per pending write, when a save fails: the failure is said once, as a sentence."""
     error = unraisable.exc_value
     if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
         sys.__unraisablehook__(unraisable)
@@ -166,11 +150,9 @@ class Checkpoints:
         if read_only and not self.directory.is_dir():
             raise CheckpointError(f"{self.directory} does not exist: this workdir has no checkpoints; train first with "
                                   "python -m jaxmnist.train.")
-        keep = policies.AnyPreservationPolicy([
+        keep = policies.AnyPreservationPolicy([  # mid-epoch checkpoints carry no metrics: only the latest is kept
             policies.LatestN(n=1),
-            # Mid-epoch checkpoints carry no metrics: LatestN covers them, they must not pile up.
-            policies.BestN(get_metric_fn=rank, reverse=False, n=1, keep_checkpoints_without_metrics=False),
-        ])
+            policies.BestN(get_metric_fn=rank, reverse=False, n=1, keep_checkpoints_without_metrics=False)])
         when = policies.AnySavePolicy([IntervalSinceStart(minimum_interval_secs=every_seconds),
                                        policies.PreemptionCheckpointingPolicy()]) if every_seconds else None
         options = ocp.CheckpointManagerOptions(
@@ -180,38 +162,27 @@ class Checkpoints:
             cleanup_tmp_directories=not read_only,  # what a kill mid-save left: N.orbax-checkpoint-tmp-*
             todelete_subdir=None if read_only else SUPERSEDED,  # deleting is one rename, never half a checkpoint
         )
-        self._manager = _Manager(self.directory, options=options)
-        self._manager.stop = stop
+        self.manager = _Manager(self.directory, options=options)  # best_step, metrics(step), should_save: Orbax's
+        self.manager.stop = stop
         self._writer = not read_only
         if self._writer and sys.unraisablehook is sys.__unraisablehook__:
             sys.unraisablehook = _quiet_about_closed_loops
         self._drop_superseded()  # what a killed writer left
 
-    def steps(self) -> list[int]:
-        """Every step with a complete checkpoint, oldest first."""
-        return sorted(self._manager.all_steps())
+    def steps(self) -> list[int]:  # every step with a complete checkpoint, oldest first
+        return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        return self.manager.latest_step()
 
     def best_step(self) -> int | None:
-        """The step Orbax keeps as best by ranking.rank, or None before any epoch has ended (mid-epoch
-        checkpoints carry no metrics, and Orbax ranks only those that do)."""
-        return self._manager.best_step()
-
-    def metrics(self, step: int) -> dict[str, float] | None:
-        """The metrics that rank an end-of-epoch checkpoint (None mid-epoch): step, test_accuracy,
-        and val_accuracy where the run has a validation set."""
-        return self._manager.metrics(step)
-
-    def should_save(self, step: int) -> bool:
-        """Orbax's decision, the same in every process: the interval has passed, or a stop was asked for."""
-        return self._manager.should_save(step)
+        """The best by ranking.rank; None before any epoch ended (Orbax ranks only checkpoints with metrics)."""
+        return self.manager.best_step()
 
     def stop_signal(self, step: int) -> int:
-        """The signal that asked for a stop, in any process (0: none): the same in every process at this step."""
-        self._manager.reached_preemption(step)
-        return self._manager._asked[1]
+        """The signal that asked for a stop in any process (0: none), the same in every process at this step."""
+        self.manager.reached_preemption(step)
+        return self.manager.asked[1]
 
     def meta(self, step: int) -> dict[str, Any]:
         """The JSON item alone (epoch, step, identity, the epoch's record): cheap, no arrays read."""
@@ -222,8 +193,8 @@ class Checkpoints:
         return meta
 
     def set_aside(self, step: int) -> Path:
-        """Move a damaged checkpoint out of the way (not deleted: it is the user's); call reload()
-        in every process afterwards."""
+        """Move a damaged checkpoint into damaged-checkpoints/ (the user's, so never deleted); every
+        process then calls manager.reload()."""
         folder = self.directory.parent / "damaged-checkpoints"
         folder.mkdir(exist_ok=True)
         target, suffix = folder / str(step), 1
@@ -232,29 +203,24 @@ class Checkpoints:
         shutil.move(self.directory / str(step), target)
         return target
 
-    def reload(self) -> None:
-        """Read the directory again (after set_aside, or while another process writes it)."""
-        self._manager.reload()
-
     def save(self, step: int, state, progress, meta: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Start an asynchronous save; metrics (an epoch's accuracies, ranking.rank's) make it a candidate for best."""
         arrays = {**state.variables(), "opt_state": state.opt_state, "progress": progress}
         # Each array's dtype and the SHA-256 of its shape and bytes ("<f4:9b1c..."), by its name.
         digests = {item: {name: f"{array.dtype.str}:{_sha256(array)}" for name, array in _named_arrays(tree).items()}
                    for item, tree in arrays.items()}
-        meta = meta | {"format": FORMAT, "digests": digests}
         args = ocp.args.Composite(**{item: ocp.args.StandardSave(tree) for item, tree in arrays.items()},
-                                  meta=ocp.args.JsonSave(meta))
-        self._attempt(self._manager.check_for_errors, self._save_failed)  # a failed earlier save ends the run now
-        self._attempt(lambda: self._manager.save(step, args=args, metrics=metrics, force=True), self._save_failed)
+                                  meta=ocp.args.JsonSave(meta | {"format": FORMAT, "digests": digests}))
+        self._attempt(self.manager.check_for_errors, self._save_failed)  # a failed earlier save ends the run now
+        self._attempt(lambda: self.manager.save(step, args=args, metrics=metrics, force=True), self._save_failed)
 
     def wait(self) -> None:
         """Block until the saves started so far are on disk; a failed one is SaveFailed."""
-        self._attempt(self._manager.wait_until_finished, self._save_failed)
+        self._attempt(self.manager.wait_until_finished, self._save_failed)
 
     def check_model(self, step: int, params) -> None:
-        """Raise OtherModel unless the checkpoint's parameters have params' names and shapes
-        (arrays or abstract arrays): compared from Orbax's metadata, before any array is read."""
+        """OtherModel unless the checkpoint's parameters have params' names and shapes, compared from
+        Orbax's metadata before any array is read."""
         self._check_complete(step, ["params"])
         tree = self._attempt(lambda: ocp.StandardCheckpointer().metadata(self.directory / str(step) / "params")
                              .item_metadata.tree, lambda error: self._unreadable(step, error))
@@ -264,9 +230,8 @@ class Checkpoints:
             raise OtherModel(f"Checkpoint step {step} in {self.directory} belongs to another model ({difference})")
 
     def restore_variables(self, step: int, target=None) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The model's variables ({"params": ..., and "batch_stats" where it has them}) and the meta
-        of one step. target (variables as abstract arrays with shardings) says where they go;
-        without one Orbax needs the topology the checkpoint was written on."""
+        """The model's variables ({"params", and "batch_stats" where it has them}) and the meta of one step;
+        target (abstract arrays with shardings) says where they go, else Orbax needs the topology saved on."""
         target = target or {}
         names = ["params"] + (["batch_stats"] if (self.directory / str(step) / "batch_stats").is_dir() else [])
         items = self._restore_verified(step, {name: target.get(name) for name in names}, target.get("params"))
@@ -281,15 +246,23 @@ class Checkpoints:
         return state, items["progress"], items["meta"]
 
     def _restore_verified(self, step: int, targets: dict[str, Any], params) -> dict[str, Any]:
-        """The items asked for (their targets: abstract arrays, or None), each array checked against
-        its digest, and the meta. The model is compared first, from the metadata (params given)."""
+        """The items asked for, each array checked against its digest, and the meta; the model is
+        compared first, from the metadata (when params are given)."""
         if params is not None:
             self.check_model(step, params)
         items = self._restore(step, **{name: ocp.args.StandardRestore(t) for name, t in targets.items()},
                               meta=ocp.args.JsonRestore())
-        restored = {name: items[name] for name in targets}
-        self._verify(step, items.meta, restored)
-        return restored | {"meta": items.meta}
+        recorded = items.meta.get("digests") if isinstance(items.meta, dict) else None
+        for item in targets:
+            listed = recorded.get(item) if isinstance(recorded, dict) else None
+            for name, array in _named_arrays(items[item]).items():
+                entry = listed.get(name) if isinstance(listed, dict) else None
+                dtype, _, digest = entry.partition(":") if isinstance(entry, str) else ("", "", "")
+                # A template may ask for another dtype (a Python int step): compare in the saved one.
+                if not dtype or _sha256(array.astype(np.dtype(dtype), copy=False)) != digest:
+                    raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged: its {item} "
+                                            f"{name} differs from the digest recorded when it was saved.")
+        return {name: items[name] for name in targets} | {"meta": items.meta}
 
     def _restore(self, step: int, **items):
         if step not in self.steps():
@@ -299,7 +272,7 @@ class Checkpoints:
         # ignored" traceback, by the hundred: the failure reaches the user as one sentence instead.
         previous, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
         try:  # none of Orbax's exceptions proves damage
-            return self._attempt(lambda: self._manager.restore(step, args=ocp.args.Composite(**items)),
+            return self._attempt(lambda: self.manager.restore(step, args=ocp.args.Composite(**items)),
                                  lambda error: self._unreadable(step, error))
         finally:
             gc.collect()
@@ -312,23 +285,10 @@ class Checkpoints:
             raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged (its {missing[0]} folder "
                                     "is missing).")
 
-    def _verify(self, step: int, meta: dict[str, Any], restored: dict[str, Any]) -> None:
-        """Each restored array against the digest recorded when it was saved."""
-        recorded = meta.get("digests") if isinstance(meta, dict) else None
-        for item, tree in restored.items():
-            listed = recorded.get(item) if isinstance(recorded, dict) else None
-            for name, array in _named_arrays(tree).items():
-                entry = listed.get(name) if isinstance(listed, dict) else None
-                dtype, _, digest = entry.partition(":") if isinstance(entry, str) else ("", "", "")
-                # A template may ask for another dtype (a Python int step): compare in the saved one.
-                if not dtype or _sha256(array.astype(np.dtype(dtype), copy=False)) != digest:
-                    raise DamagedCheckpoint(f"Checkpoint step {step} in {self.directory} is damaged: its {item} "
-                                            f"{name} differs from the digest recorded when it was saved.")
-
     @staticmethod
     def _attempt(action, failure):
-        """action(), a library's exception raised as failure(error), our one sentence; raised out
-        here, Orbax's error (and the coroutines it holds) is already gone."""
+        """action(), a library's exception raised as failure(error), our sentence; raised out here,
+        Orbax's error (and the coroutines it holds) is already gone."""
         try:
             return action()
         except UserError:
@@ -358,11 +318,9 @@ class Checkpoints:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        """Wait until every asynchronous save is on disk, then let Orbax's threads go, so the process
-        can end. A save that failed (even while another error ends the run) is raised instead, and
-        Orbax is left as it is: closed now, its pending writes print tracebacks ("Event loop is
-        closed"), and the command ends the process at once anyway (SaveFailed.leaves_threads_behind)."""
+        """Every save on disk, then Orbax's threads let go, so the process can end. A failed save is raised
+        and Orbax left as it is (closed, it prints a traceback per pending write): the command exits at once."""
         self.wait()
         self._drop_superseded()
         with contextlib.suppress(Exception):
-            self._manager.close()
+            self.manager.close()

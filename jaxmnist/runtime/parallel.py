@@ -1,17 +1,9 @@
-"""Data parallelism with JAX's own sharding: a one-axis "data" mesh over the chosen devices.
+"""Devices and processes: JAX's settings, joining, a one-axis "data" mesh, the start-up agreement.
 
-Parameters, optimizer state, the dataset and each epoch's batch order are replicated; every
-step's batch is sharded along its first axis, so each device gathers, rotates and
-differentiates only its slice, and XLA inserts the gradient all-reduce from the annotations.
-The lab's semantics do not change: the same global batches, the same angle per image (JAX's
-random bits do not depend on how an array is sharded), the same update, up to the order in
-which floats are summed.
-
-Several hosts: launched with the standard jax.distributed environment (JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES, JAX_PROCESS_ID), every process runs the same program over the global mesh.
-jax.distributed bounds every wait: joining (--join-timeout) and a peer gone silent (--peer-timeout,
-its heartbeat), after which it ends the other processes itself. What can fail at start-up is
-agreed in one exchange (agree_on_start), so every process ends with the same sentence.
+The state, the dataset and each epoch's batch order are replicated; each step's batch is sharded
+along its first axis, and XLA inserts the gradient all-reduce: the lab's numbers up to the order of
+float sums. Several hosts join with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID;
+jax.distributed bounds every wait (--join-timeout, and --peer-timeout, its heartbeat).
 """
 
 from __future__ import annotations
@@ -37,36 +29,30 @@ DATA_AXIS = "data"
 
 
 class MeshError(UserError):
-    """The requested devices cannot run this configuration; the message is one sentence."""
+    """The requested devices cannot run this configuration."""
 
 
 def start_backend(join_timeout: float, peer_timeout: float) -> None:
-    """Join a multi-process run when the environment describes one, then start JAX's backend, so
-    that a backend that cannot start is one sentence (MeshError) before any other work."""
-    join(join_timeout, peer_timeout)
-    all_devices()
-
-
-def join(join_timeout: float, peer_timeout: float) -> None:
-    """jax.distributed.initialize for the processes the environment describes (JAX_NUM_PROCESSES
-    above 1), with both of its time limits; a no-op for a one-process run. Its own aborts (the
-    others never came, a peer went silent) are its own log lines: docs/devices.md reads them."""
+    """jax.distributed.initialize, with both its time limits, for a multi-process run the environment
+    describes (JAX_NUM_PROCESSES above 1); then JAX's backend, so that one that cannot start is one
+    sentence (MeshError) before any other work. jax.distributed's own aborts (the others never came,
+    a peer went silent) are its own log lines: docs/devices.md reads them."""
     count = _whole_number("JAX_NUM_PROCESSES", "1")
-    if count <= 1:
-        return
-    index = os.environ.get("JAX_PROCESS_ID")
-    if index is not None and not 0 <= _whole_number("JAX_PROCESS_ID") < count:
-        raise UserError(f"JAX_PROCESS_ID must be between 0 and {count - 1} (JAX_NUM_PROCESSES is {count}), got {index}.")
-    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    who = f"Process {index} of {count}" if index else "This process"
-    waiting = threading.Timer(5, logging.getLogger("jaxmnist").warning, (
-        f"{who} is waiting for the others at {address or 'the coordinator'} (up to --join-timeout {join_timeout:g} s) ...",))
-    waiting.start()
-    try:
-        jax.distributed.initialize(address, count, None if index is None else int(index),
-                                   initialization_timeout=int(join_timeout), heartbeat_timeout_seconds=int(peer_timeout))
-    finally:
-        waiting.cancel()
+    if count > 1:
+        index = os.environ.get("JAX_PROCESS_ID")
+        if index is not None and not 0 <= _whole_number("JAX_PROCESS_ID") < count:
+            raise UserError(f"JAX_PROCESS_ID must be between 0 and {count - 1} (JAX_NUM_PROCESSES is {count}), got {index}.")
+        address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+        waiting = threading.Timer(5, logging.getLogger("jaxmnist").warning, (
+            f"{f'Process {index} of {count}' if index else 'This process'} is waiting for the others at "
+            f"{address or 'the coordinator'} (up to --join-timeout {join_timeout:g} s) ...",))
+        waiting.start()
+        try:
+            jax.distributed.initialize(address, count, None if index is None else int(index),
+                                       initialization_timeout=int(join_timeout), heartbeat_timeout_seconds=int(peer_timeout))
+        finally:
+            waiting.cancel()
+    all_devices()
 
 
 def _whole_number(variable: str, default: str | None = None) -> int:
@@ -78,9 +64,9 @@ def _whole_number(variable: str, default: str | None = None) -> int:
 
 def agree_on_start(failure: UserError | None, settings: dict[str, Any], timeout: float) -> None:
     """One exchange at the end of start-up, before anything is written: each process gives its
-    outcome (a failure's sentence, or its settings). Any failure, or settings that differ from
-    process 0's, is raised on every process as the same sentence; a one-process run raises its own.
-    settings maps each flag's name (`lr`) to its value, and "data" to the data's fingerprint."""
+    outcome (its failure, or its settings: each flag's value by name, and "data", the data's
+    fingerprint). A failure, or settings that differ from process 0's, is raised on every process
+    as the same sentence; a one-process run raises its own."""
     if jax.process_count() == 1:
         if failure:
             raise failure
@@ -158,15 +144,8 @@ def check_divisible(mesh: Mesh, **batch_sizes: int) -> None:
     """Every device must get the same share of a global batch."""
     for name, size in batch_sizes.items():
         if size % mesh.devices.size:
-            raise MeshError(
-                f"{flag(name)} {size} does not split evenly across {mesh.devices.size} devices; "
-                f"choose a multiple of {mesh.devices.size} or fewer --devices."
-            )
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """Every device holds the whole array."""
-    return NamedSharding(mesh, PartitionSpec())
+            raise MeshError(f"{flag(name)} {size} does not split evenly across {mesh.devices.size} devices; choose a "
+                            f"multiple of {mesh.devices.size} or fewer --devices.")
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
@@ -175,8 +154,8 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree, mesh: Mesh):
-    """Place a pytree (host or device arrays, the same in every process) on every device."""
-    sharding = replicated(mesh)
+    """Place a pytree (host or device arrays, the same in every process) whole on every device."""
+    sharding = NamedSharding(mesh, PartitionSpec())
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
 

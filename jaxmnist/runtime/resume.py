@@ -1,8 +1,7 @@
 """Which checkpoint a run continues from, and whether it belongs to this run at all.
 
-A checkpoint carries the run's identity (its recipe, data fingerprint, device count, arithmetic
-and model digest); resume refuses one that differs in anything that changes the numbers, and sets
-aside only one whose bytes are shown to be wrong.
+A checkpoint carries the run's identity (run_identity); resume refuses one that differs in anything
+that changes the numbers, and sets aside only one whose bytes are shown to be wrong.
 """
 
 from __future__ import annotations
@@ -18,29 +17,19 @@ from jaxmnist.core.loops import TrainTotals
 from jaxmnist.core.models import build_model, computation_digest
 from jaxmnist import data
 from jaxmnist.runtime import parallel
-from jaxmnist.runtime.checkpoint import (
-    CheckpointError,
-    Checkpoints,
-    DamagedCheckpoint,
-    OtherModel,
-    UnreadableCheckpoint,
-    check_same_computation,
-)
+from jaxmnist.runtime.checkpoint import (CheckpointError, Checkpoints, DamagedCheckpoint, OtherModel, UnreadableCheckpoint,
+                                       check_same_computation)
 from jaxmnist.runtime.reporting import log
-from jaxmnist.runtime.workdir import WorkdirError, check_format, check_resumable
+from jaxmnist.runtime.workdir import WorkdirError, check_resumable
 
 
 def resume(checkpoints: Checkpoints, run, state, totals: TrainTotals):
     """Continue from the newest usable checkpoint: (state, totals, step, its meta); step 0 and an
-    empty meta if there is none.
-
-    Only a checkpoint shown to be damaged (a digest that differs, a missing folder) is set aside,
-    by process 0, and the next older one tried: a kill or a flipped bit in the newest save costs only
-    the work since the one before. One that cannot be read for another reason (locale, library,
-    permissions) is set aside only once an older one reads, which shows the reader works; if none
-    reads, the run stops and nothing moves. Another recipe, other data, another device count or
-    another model are refused: they are not damage.
-    """
+    empty meta if there is none. One shown damaged is set aside (by process 0) and the one before
+    tried: a kill or a flipped bit costs only the work since then. One unreadable for another reason
+    (the locale, a library, permissions) is set aside only once an older one reads, which shows the
+    reader works; if none reads, the run stops and nothing moves. Another recipe, other data, another
+    device count or another model are refused: not damage."""
     unreadable: list[tuple[int, CheckpointError]] = []
     for step in reversed(checkpoints.steps()):
         try:
@@ -73,14 +62,14 @@ def resume(checkpoints: Checkpoints, run, state, totals: TrainTotals):
 
 def _set_aside(checkpoints: Checkpoints, step: int, why: str) -> None:
     moved = parallel.on_main_process("set-aside", lambda: checkpoints.set_aside(step))
-    checkpoints.reload()
+    checkpoints.manager.reload()
     log.warning("%s It was moved to %s.", why, moved or "damaged-checkpoints")
 
 
 def run_identity(config: Config, source: data.Source, num_devices: int) -> dict[str, Any]:
-    """What each checkpoint and config.json record about the run beyond its flags: the data, the
-    device count, the folder its relative paths are relative to, the arithmetic (64-bit mode
-    and the versions that compute the numbers), and what its model computes."""
+    """What each checkpoint and config.json record beyond the flags: the data, the device count, the
+    folder relative paths start from, the arithmetic (64-bit mode and the versions that compute the
+    numbers), and what the model computes."""
     import jaxlib
 
     arithmetic = {"x64": bool(jax.config.jax_enable_x64), "jax": jax.__version__, "jaxlib": jaxlib.__version__}
@@ -89,27 +78,24 @@ def run_identity(config: Config, source: data.Source, num_devices: int) -> dict[
 
 
 def _check_same_run(meta: dict[str, Any], config: Config, identity: dict[str, Any]) -> None:
-    """Only what cannot change the numbers may change on resume: the format, the recipe, the data
-    (by its fingerprint, not its path), the number of devices (the order of float sums) and 64-bit
-    mode must match; new JAX versions are allowed, and named."""
-    check_format(meta, f"{config.workdir}'s checkpoints")
+    """Only what cannot change the numbers may change on resume: the recipe, the data (by its
+    fingerprint, not its path), the device count (the order of float sums) and 64-bit mode must
+    match (Checkpoints.meta has checked the format); new JAX versions are allowed, and named."""
     check_resumable(meta["config"], config)
-    saved, current = meta["data"], identity["data"]
+    saved, current, run = meta["data"], identity["data"], config.workdir
     if saved["fingerprint"] != current["fingerprint"]:
-        raise WorkdirError(
-            f"{config.workdir} was trained on {saved['name']} (fingerprint {saved['fingerprint']}), not on "
-            f"{current['name']} ({current['fingerprint']}): other images or another order; resume with its own data, "
-            "or --restart.")
+        raise WorkdirError(f"{run} was trained on {saved['name']} (fingerprint {saved['fingerprint']}), not on "
+                           f"{current['name']} ({current['fingerprint']}): other images or another order; resume with "
+                           "its own data, or --restart.")
     if meta["devices"] != identity["devices"]:
-        raise WorkdirError(
-            f"{config.workdir} was trained on {meta['devices']} device(s), and this run has {identity['devices']}: the "
-            f"sums would change; resume with --devices {meta['devices']}, or --restart.")
+        raise WorkdirError(f"{run} was trained on {meta['devices']} device(s), and this run has {identity['devices']}: "
+                           f"the sums would change; resume with --devices {meta['devices']}, or --restart.")
     saved, current = meta["arithmetic"], identity["arithmetic"]
     if saved["x64"] != current["x64"]:
-        setting = lambda x64: "JAX_ENABLE_X64=1" if x64 else "without JAX_ENABLE_X64"  # noqa: E731
-        raise WorkdirError(f"{config.workdir} was trained {setting(saved['x64'])}, and this run is "
-                           f"{setting(current['x64'])}: the numbers would change; resume as it was trained, or --restart.")
+        setting = {True: "JAX_ENABLE_X64=1", False: "without JAX_ENABLE_X64"}
+        raise WorkdirError(f"{run} was trained {setting[saved['x64']]}, and this run is {setting[current['x64']]}: "
+                           "the numbers would change; resume as it was trained, or --restart.")
     changed = [f"{name} {saved[name]} -> {current[name]}" for name in ("jax", "jaxlib") if saved[name] != current[name]]
     if changed:
         log.warning("%s was trained with other library versions (%s): the resumed epochs may not match an "
-                    "uninterrupted run's digits exactly.", config.workdir, ", ".join(changed))
+                    "uninterrupted run's digits exactly.", run, ", ".join(changed))

@@ -1,11 +1,8 @@
 """train_and_evaluate: one training run, from its checks to its last epoch, resumed where it stopped.
 
 Read `train` as the Flax example's loop: for each epoch, its steps (in chunks between log points),
-evaluate, log, save. Around it, each in one place:
-- `start`: every check that can refuse the run and the workdir's lock, agreed by every process
-  before anything is written; it returns the Run, what the loop works with;
-- resume.py: which checkpoint the run continues from, and whether it is this run's at all;
-- checkpoint.py: Orbax decides when to save (every --checkpoint-seconds, and at a stop).
+evaluate, log, save. `start` makes the Run it works with, once every check that can refuse the run
+has passed in every process.
 """
 
 from __future__ import annotations
@@ -13,28 +10,30 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 
+from jaxmnist import data
 from jaxmnist.config import Config
 from jaxmnist.core.loops import DeviceDataset, TrainTotals, chunks, epoch_order, evaluate, make_runner, num_batches, stack_batches
 from jaxmnist.core.models import build_model
 from jaxmnist.core.steps import StepOptions, create_train_state, derive_keys, learning_rate_schedule
 from jaxmnist.errors import UserError
-from jaxmnist import data
-from jaxmnist.datasets import DATASETS
+from jaxmnist.files import exclusive
 from jaxmnist.runtime import parallel
 from jaxmnist.runtime import workdir as workdirs
 from jaxmnist.runtime.checkpoint import Checkpoints
-from jaxmnist.runtime.dashboard import Dashboard
-from jaxmnist.runtime.ranking import chosen_by
-from jaxmnist.runtime.reporting import MetricsLog, Progress, epoch_line, log, train_line, write_config
+from jaxmnist.ranking import chosen_by
+from jaxmnist.metrics import MetricsLog
+from jaxmnist.runtime.reporting import epoch_line, log, train_line, write_config
 from jaxmnist.runtime.resume import resume, run_identity
 from jaxmnist.runtime.stopping import NOT_STARTED, Interrupted, StopRequest, TrainingStopped, stop_if_asked, stop_on_signals
+
+Watcher = Callable[[dict[str, Any]], None]  # of each record metrics.jsonl gets
+ProgressHook = Callable[[int, int, int], None]  # (epoch, its images trained so far, of how many)
 
 
 @dataclasses.dataclass
@@ -54,19 +53,21 @@ class Run:
     steps_per_epoch: int
     run_steps: Callable
     schedule: Callable  # the learning rate by step, for the records
+    on_progress: ProgressHook
 
 
 def train_and_evaluate(config: Config, dataset: data.MNIST | None = None, stop: StopRequest | None = None,
-                       on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+                       on_record: Watcher | None = None, on_progress: ProgressHook | None = None) -> list[dict[str, Any]]:
     """Train and evaluate per epoch; returns this process's epoch records. dataset replaces the
-    data flags (tests, notebooks); it is checked as loaded data is. stop is set by Ctrl-C, SIGTERM
-    and SIGHUP (by default this call catches them itself, while it runs). on_record sees each
-    record as metrics.jsonl gets it (live curves)."""
+    data flags (tests, notebooks), checked as loaded data are. stop is set by Ctrl-C, SIGTERM and
+    SIGHUP (by default this call catches them itself, while it runs). on_record sees each record as
+    metrics.jsonl gets it (TensorBoard, live curves); on_progress after each chunk of steps (a
+    progress bar)."""
     if stop is None:
         with stop_on_signals() as stop:
-            return train_and_evaluate(config, dataset, stop, on_record)
+            return train_and_evaluate(config, dataset, stop, on_record, on_progress)
     with contextlib.ExitStack() as held:  # the workdir's lock, for the run's whole life
-        return train(start(config, dataset, stop, held, on_record), stop)
+        return train(start(config, dataset, stop, held, on_record, on_progress), stop)
 
 
 def train(run: Run, stop: StopRequest) -> list[dict[str, Any]]:
@@ -74,8 +75,7 @@ def train(run: Run, stop: StopRequest) -> list[dict[str, Any]]:
     keys = parallel.replicate(derive_keys(config.seed), run.mesh)
     state = parallel.replicate(create_train_state(config, keys.init, run.steps_per_epoch), run.mesh)
     totals = parallel.replicate(TrainTotals.zeros(), run.mesh)
-    with (Checkpoints(run.path / "checkpoints", stop=stop, every_seconds=config.checkpoint_seconds) as checkpoints,
-          Progress(config.progress and parallel.is_main_process()) as progress):
+    with Checkpoints(run.path / "checkpoints", stop=stop, every_seconds=config.checkpoint_seconds) as checkpoints:
         state, totals, step, meta = resume(checkpoints, run, state, totals)
         _stop_if_asked(checkpoints, step, run.steps_per_epoch)  # before config.json: a stopped start leaves no trace
         _start_records(run, step, meta)
@@ -85,20 +85,17 @@ def train(run: Run, stop: StopRequest) -> list[dict[str, Any]]:
             order = parallel.replicate(epoch_order(jax.random.fold_in(keys.shuffle, epoch), run.num_train,
                                                    config.batch_size), run.mesh)
             started, images_before = time.perf_counter(), float(jax.device_get(totals.images))
-            first_index = step - (epoch - 1) * run.steps_per_epoch
-            progress.start(epoch, run.num_train, min(first_index * config.batch_size, run.num_train))
-            for begin, end in chunks(first_index, run.steps_per_epoch, config.log_every):
-                if step and checkpoints.should_save(step):  # Orbax's policies: the interval, or a stop asked for
+            for begin, end in chunks(step - (epoch - 1) * run.steps_per_epoch, run.steps_per_epoch, config.log_every):
+                if step and checkpoints.manager.should_save(step):  # Orbax's policies: the interval, or a stop asked for
                     _save(run, checkpoints, step, state, totals)
                 _stop_if_asked(checkpoints, step, run.steps_per_epoch)
                 with _profiled(config.profile and begin == 1 and parallel.is_main_process(), run.path) as traced:
                     state, totals, loss = run.run_steps(state, totals, run.train_set, order, end - begin, keys.augment)
                     traced(loss)
                 step += end - begin
-                progress.advance(min(end * config.batch_size, run.num_train) - min(begin * config.batch_size, run.num_train))
+                run.on_progress(epoch, min(end * config.batch_size, run.num_train), run.num_train)
                 if (end - 1) % config.log_every == 0:  # the chunk ends just after a log point: read its loss
                     _log_train_loss(run, float(loss), epoch, end - 1, step, checkpoints)
-            progress.close()
 
             record = epoch_record(run, state, totals, epoch, step, started, images_before)
             _stop_if_diverged(record["train_loss"], f"in epoch {epoch}", checkpoints)
@@ -116,45 +113,23 @@ def train(run: Run, stop: StopRequest) -> list[dict[str, Any]]:
 
 
 def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: contextlib.ExitStack,
-          on_record: Callable[[dict[str, Any]], None] | None = None) -> Run:
-    """Every check that can refuse the run, then the workdir's lock (process 0's). Each process's
-    outcome is agreed by all before anything is written: one fails, all end with its sentence."""
+          on_record: Watcher | None = None, on_progress: ProgressHook | None = None) -> Run:
+    """Every check that can refuse the run, then process 0 creates and locks the workdir for the
+    run's whole life. Each process's outcome is agreed by all before anything is written: one
+    fails, all end with its sentence."""
     failure, settings = None, {}
     try:
         stop_if_asked(stop)  # a stop while JAX loaded
-        for flag, value in (("--workdir", config.workdir), ("--data-dir", config.data_dir),
-                            ("--idx-dir", config.idx_dir), ("--cache-dir", config.cache_dir)):
-            workdirs.check_path_argument(flag, value)
-        path = workdirs.check_workdir(config.workdir)
-        if not config.restart:
-            workdirs.check_same_dataset(path, config.dataset, config.workdir)
-        if dataset is None and config.data_dir is None and config.idx_dir is None and not config.restart:
-            recorded = workdirs.recorded_data(path)  # resuming: the data the run recorded, unless told otherwise
-            if recorded:
-                config = dataclasses.replace(config, **recorded)
-                log.info("Reading the data this run recorded: %s", recorded.get("idx_dir") or recorded.get("data_dir"))
-        given = dataset is not None
-        if dataset is None:  # a first TFDS read decodes 70,000 PNGs (about 10 s): said, not silent
-            where = data.source_name(config.data_dir, config.idx_dir, config.dataset)
-            slow = threading.Timer(2.0, log.info, (f"Loading {where} ...",))
-            slow.start()
-            try:
-                dataset = data.load(config.data_dir, config.idx_dir, config.cache_dir, config.dataset)
-            finally:
-                slow.cancel()
-        else:  # arrays from Python (tests, notebooks): checked as loaded ones are, and named as what they are
-            data.check_arrays(dataset, config.dataset)
-        data.check_sizes(dataset, config.allow_small_data, config.validation, config.batch_size, config.dataset)
-        source = data.describe(dataset, config.data_dir, config.idx_dir, config.dataset)
-        if given:
-            source = source._replace(name=f"{DATASETS[config.dataset].title} arrays given in Python")
-        data.check_named_right(source, config.dataset)
+        path, config = workdirs.check_for_run(config, data_given=dataset is not None)
+        dataset, source = data.for_run(config, dataset)
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in PER_HOST_SETTINGS}
         settings["data"] = source.fingerprint  # what each host reads must be the same, wherever it is
         mesh = parallel.make_mesh(config.devices)
         parallel.check_divisible(mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
         stop_if_asked(stop)
-        metrics = held.enter_context(_own_workdir(path, on_record))
+        if parallel.is_main_process():  # a run that fails before writing anything leaves no folder behind
+            held.enter_context(workdirs.created(path))
+            held.enter_context(exclusive(path))
     except UserError as error:
         failure = error
     parallel.agree_on_start(failure, settings, config.join_timeout)
@@ -168,9 +143,11 @@ def start(config: Config, dataset: data.MNIST | None, stop: StopRequest, held: c
     steps_per_epoch = num_batches(len(train_images), config.batch_size)
     train_set, eval_sets = parallel.replicate((DeviceDataset(train_images, train_labels), eval_sets), mesh)
     run_steps = make_runner(config.loop, jax.default_backend(), StepOptions.from_config(config), parallel.batch_sharded(mesh))
-    return Run(config, path, metrics, mesh, build_model(config), run_identity(config, source, mesh.devices.size), train_set, eval_sets,
-               len(train_images), steps_per_epoch, run_steps,
-               jax.jit(learning_rate_schedule(config, steps_per_epoch)))  # one program, not one per op
+    metrics = MetricsLog(path / "metrics.jsonl", enabled=parallel.is_main_process(), on_record=on_record)
+    return Run(config, path, metrics, mesh, build_model(config), run_identity(config, source, mesh.devices.size),
+               train_set, eval_sets, len(train_images), steps_per_epoch, run_steps,
+               jax.jit(learning_rate_schedule(config, steps_per_epoch)),  # one program, not one per op
+               on_progress or (lambda *_: None))
 
 
 PER_HOST_SETTINGS = ("data_dir", "idx_dir", "cache_dir", "progress")  # may differ: what they read is compared
@@ -211,15 +188,12 @@ def epoch_record(run: Run, state, totals: TrainTotals, epoch: int, step: int, st
                for name, batches in run.eval_sets.items()}
     totals, results = jax.device_get((totals, results))
     test = _scores(results["test"])
-    record = {
-        "kind": "epoch", "epoch": epoch, "step": step,
-        "lr": float(run.schedule(step - 1)),  # the rate this epoch's updates used
-        "train_loss": float(totals.loss_sum / max(totals.images, 1)),
-        "train_accuracy": 100.0 * float(totals.correct) / float(totals.images) if totals.images > 0 else None,
-        "test_loss": test[0], "test_accuracy": test[1], "correct": test[2], "test_images": test[3],
-        "train_seconds": round(train_seconds, 3), "epoch_seconds": round(time.perf_counter() - started, 3),
-        "images_per_second": round((float(totals.images) - images_before) / max(train_seconds, 1e-9), 1),
-    }
+    record = {"kind": "epoch", "epoch": epoch, "step": step, "lr": float(run.schedule(step - 1)),  # this epoch's rate
+              "train_loss": float(totals.loss_sum / max(totals.images, 1)),
+              "train_accuracy": 100.0 * float(totals.correct) / float(totals.images) if totals.images > 0 else None,
+              "test_loss": test[0], "test_accuracy": test[1], "correct": test[2], "test_images": test[3],
+              "train_seconds": round(train_seconds, 3), "epoch_seconds": round(time.perf_counter() - started, 3),
+              "images_per_second": round((float(totals.images) - images_before) / max(train_seconds, 1e-9), 1)}
     if "validation" in results:
         record |= dict(zip(("val_loss", "val_accuracy", "val_correct", "val_images"), _scores(results["validation"])))
     return record
@@ -241,7 +215,7 @@ def _log_train_loss(run: Run, loss: float, epoch: int, index: int, step: int, ch
 def _best(checkpoints: Checkpoints) -> tuple[int, str, float] | None:
     """The best checkpoint so far: (its step, the set that chose it, that set's accuracy); None before any epoch ended."""
     step = checkpoints.best_step()
-    return None if step is None else (step, *chosen_by(checkpoints.metrics(step)))
+    return None if step is None else (step, *chosen_by(checkpoints.manager.metrics(step)))
 
 
 def _stop_if_diverged(loss: float, where: str, checkpoints: Checkpoints) -> None:
@@ -258,10 +232,10 @@ def _stop_if_diverged(loss: float, where: str, checkpoints: Checkpoints) -> None
 
 
 def _start_records(run: Run, step: int, meta: dict[str, Any]) -> None:
-    """metrics.jsonl cut back to the resumed step (records past it are replayed, not written twice),
-    its torn epoch record restored from the checkpoint, config.json (re)written; where it starts."""
+    """metrics.jsonl cut back to the resumed step, its torn epoch record restored from the checkpoint,
+    config.json (re)written; then where the run starts."""
     if parallel.is_main_process():
-        run.metrics.truncate_after(step)
+        run.metrics.truncate_after(step)  # records past the step are replayed, not written twice
         if "record" in meta and not any(r["step"] == step for r in run.metrics.records("epoch")):
             run.metrics.write(meta["record"])  # its line was torn by a kill: the checkpoint has it
         run.metrics.warn_of_missing_epochs(step // run.steps_per_epoch)
@@ -278,30 +252,10 @@ def _start_records(run: Run, step: int, meta: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _own_workdir(path: Path, on_record: Callable[[dict[str, Any]], None] | None):
-    """Create and lock the workdir on process 0 for the run's whole life, and yield its
-    MetricsLog; a run that fails before writing anything leaves no empty folder behind."""
-    if not parallel.is_main_process():
-        yield MetricsLog(path / "metrics.jsonl", enabled=False)
-        return
-    created = workdirs.create(path)
-    try:
-        with workdirs.exclusive(path):
-            metrics = MetricsLog(path / "metrics.jsonl", dashboard=Dashboard(path / "tensorboard"), on_record=on_record)
-            try:
-                yield metrics
-            finally:
-                metrics.close()
-    finally:
-        if created:
-            workdirs.remove_if_unused(path)
-
-
-@contextlib.contextmanager
 def _profiled(wanted: bool, path: Path):
     """--profile: a jax.profiler trace of the chunk after the first log point (compiled by then) into
-    <workdir>/profile, for TensorBoard's profile tab or Perfetto. It yields what the chunk's result
-    is handed to, so that the trace waits for the steps to run, not only to be dispatched."""
+    <workdir>/profile (TensorBoard, Perfetto); the chunk's result is handed to what it yields, so
+    that the trace waits for the steps to run, not only to be dispatched."""
     if not wanted:
         yield lambda result: None
         return

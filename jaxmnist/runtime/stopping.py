@@ -1,11 +1,6 @@
-"""Ctrl-C, SIGTERM and SIGHUP as a request that training honours at its next step boundary.
-
-SIGTERM is what SLURM, Kubernetes and preemptible cloud machines send before they kill a job, and
-SIGHUP what a closed terminal or a dropped SSH login sends: all three end the run with its state saved.
-SIGQUIT (Ctrl-\\) keeps Python's default, an immediate end: the way out when a save itself hangs.
-
-In a multi-process run every process asks all the others at each chunk's start (checkpoint.py), so
-they stop together at the same step whichever of them was signalled.
+"""Ctrl-C, SIGTERM (SLURM, Kubernetes and preemptible machines send it before a kill) and SIGHUP
+(a closed terminal) as a request training honours at its next chunk, every process at the same
+step, its state saved. SIGQUIT (Ctrl-\\) keeps Python's default: the way out when a save hangs.
 """
 
 from __future__ import annotations

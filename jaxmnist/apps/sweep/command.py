@@ -27,7 +27,7 @@ from jaxmnist.config import OneLineParser
 from jaxmnist.runtime.reporting import log
 from jaxmnist.apps.console import run_command, setup_console
 from jaxmnist.runtime.stopping import exit_code
-from jaxmnist.runtime.workdir import exclusive
+from jaxmnist.files import exclusive
 
 DESCRIPTION = """\
 Train every combination of --grid's values with every one of --seeds, each as an ordinary

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from jaxmnist.config import Config, parse_config
 from jaxmnist.errors import UserError
-from jaxmnist.runtime.reporting import MetricsLog
+from jaxmnist.metrics import MetricsLog
 from jaxmnist.runtime.workdir import check_workdir, recipe_differences
 
 # The sweep sets these itself, per run: in the common flags or a grid they would be ambiguous.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxmnist.apps.sweep.plan import Run, epoch_records
-from jaxmnist.runtime.ranking import rank
+from jaxmnist.ranking import rank
 from jaxmnist.files import replace_file
 
 # (column, the record's key, final or best epoch); validation columns only where a run has them.

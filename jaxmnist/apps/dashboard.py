@@ -1,9 +1,9 @@
 """TensorBoard event files beside metrics.jsonl, so `tensorboard --logdir runs` shows every run.
 
-The events are made from the same records as metrics.jsonl, through tensorboardX (a small
-writer that needs no TensorFlow). metrics.jsonl stays the one truth: when a resumed run drops the
-records past its checkpoint, the events are rebuilt from the records kept, so no epoch is shown
-twice.
+A watcher of the run's records (train_and_evaluate's on_record), written through tensorboardX (no
+TensorFlow needed). metrics.jsonl stays the one truth: at a start's first record the events are
+made again from that file, which a resumed run has just cut back to its checkpoint, so no epoch is
+shown twice.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import contextlib
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from jaxmnist.files import naming
+from jaxmnist.metrics import MetricsLog
 
 # val_* only in runs with a validation set; train_accuracy is null in an epoch resumed from a
 # checkpoint older than its counter: each is drawn where the record has it.
@@ -25,34 +26,30 @@ EPOCH_SCALARS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "trai
 class Dashboard:
     """<workdir>/tensorboard: train/loss at every log point; epoch/<name> at every epoch's end."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, workdir: str | Path):
+        self.folder, self.metrics = Path(workdir) / "tensorboard", Path(workdir) / "metrics.jsonl"
         self._writer = None
-        self._rebuilt = False  # nothing is written before rebuild
-
-    def rebuild(self, records: Iterable[dict[str, Any]]) -> None:
-        """Start the event files again from these records (the ones metrics.jsonl keeps)."""
-        self.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self._rebuilt = True
-        for record in records:
-            self.write(record)
+        self._failed = False  # after a failed write, nothing more
 
     def write(self, record: dict[str, Any]) -> None:
-        if not self._rebuilt:
+        if self._failed:
             return
         try:
             with naming(self.folder):  # a full disk: tensorboardX's own error names no file
-                self._write(record)
+                if self._writer is None:  # a start's first record: every record metrics.jsonl keeps, this one last
+                    from tensorboardX import SummaryWriter
+
+                    shutil.rmtree(self.folder, ignore_errors=True)
+                    self._writer = SummaryWriter(str(self.folder), flush_secs=10)
+                    for kept in MetricsLog(self.metrics).records():
+                        self._add(kept)
+                else:
+                    self._add(record)
         except OSError:
             self._abandon()
             raise
 
-    def _write(self, record: dict[str, Any]) -> None:
-        if self._writer is None:  # at the first record: a run that fails before one leaves no event file
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.folder), flush_secs=10)
+    def _add(self, record: dict[str, Any]) -> None:
         if record["kind"] == "train":
             self._writer.add_scalar("train/loss", record["loss"], record["step"])
         else:
@@ -70,7 +67,7 @@ class Dashboard:
                 with contextlib.suppress(Exception):
                     events._worker.stop()
                 events._closed = True
-        self._writer, self._rebuilt = None, False
+        self._writer, self._failed = None, True
 
     def close(self) -> None:
         """The last events to disk; one that cannot be written (a full disk) is a warning, never the
@@ -83,3 +80,9 @@ class Dashboard:
                 logging.getLogger("jaxmnist").warning("%s could not be completed (%s); metrics.jsonl has every record.",
                                                       self.folder, error.strerror or error)
             self._writer = None
+
+    def __enter__(self) -> "Dashboard":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
