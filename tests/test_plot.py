@@ -128,3 +128,15 @@ def test_the_confusion_matrix_s_title_fits_in_its_figure():
                              "chosen_by": "validation", "classes": list("0123456789")})
     title = figure.axes[0].title.get_window_extent(figure.canvas.get_renderer())
     assert 0 <= title.x0 and title.x1 <= figure.bbox.width and title.y1 <= figure.bbox.height
+
+
+def test_samples_of_a_count_that_does_not_fill_two_rows_of_one_batch_is_one_sentence():
+    """count=0 drew nothing and failed inside matplotlib; an odd count lost an image."""
+    import pytest
+
+    from jaxmnist.apps import plot
+
+    for count in (0, 3, 66):
+        with pytest.raises(ValueError, match=rf"count must be an even number from 2 to 64 \(--batch-size\), got {count}\."):
+            plot.samples(Config(), make_mnist(128, 16), count=count)
+    assert len(plot.samples(Config(), make_mnist(128, 16), count=4).axes) == 4

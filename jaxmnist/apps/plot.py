@@ -226,6 +226,8 @@ def structure(config: Config) -> Figure:
 
 def samples(config: Config, dataset: data.MNIST, count: int = 16) -> Figure:
     """samples.png: the first images of epoch 1's first batch, shuffled and rotated exactly as training saw them."""
+    if not (isinstance(count, int) and 2 <= count <= config.batch_size and count % 2 == 0):  # two rows from one batch
+        raise ValueError(f"count must be an even number from 2 to {config.batch_size} (--batch-size), got {count!r}.")
     keys = derive_keys(config.seed)
     (train_images, train_labels), _ = data.split_validation(dataset, config.validation)  # the images trained on
     order = epoch_order(jax.random.fold_in(keys.shuffle, 1), len(train_images), config.batch_size)
