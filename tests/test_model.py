@@ -185,3 +185,22 @@ def test_the_computation_digest_names_the_model_not_the_process_settings(monkeyp
     assert computation_digest(build_model(Config(dropout=0.3))) == digest  # the recipe's, not the model's
     monkeypatch.setattr("jaxmnist.core.models.lab.relu", jax.nn.sigmoid)
     assert computation_digest(build_model(Config())) != digest
+
+
+def test_the_computation_digest_is_the_same_whether_stdout_is_a_terminal_or_not(monkeypatch):
+    """JAX colours a printed program when stdout is a terminal: a run trained in one was refused
+    as "another model" when resumed or evaluated from a pipe, with --restart offered."""
+    import jax._src.pretty_printer as pretty_printer
+
+    from jaxmnist.runtime.checkpoint import OtherModel, check_same_computation
+
+    model = build_model(Config())
+    piped = computation_digest(model)
+    monkeypatch.setattr(pretty_printer, "CAN_USE_COLOR", True)  # what a terminal sets
+    assert computation_digest(model) == piped
+    coloured = computation_digest(model, color=True)  # what such a run recorded before
+    assert coloured != piped
+    for recorded in (piped, coloured):
+        check_same_computation({"model_digest": recorded, "arithmetic": {"jax": jax.__version__}}, model, "run")
+    with pytest.raises(OtherModel, match="run belongs to another model"):
+        check_same_computation({"model_digest": "0" * 16, "arithmetic": {"jax": jax.__version__}}, model, "run")

@@ -18,7 +18,7 @@ import numpy as np
 from jaxmnist.config import checkpoint_parser
 from jaxmnist.core.augment import normalize
 from jaxmnist.core.loops import evaluate, stack_batches
-from jaxmnist.core.models import build_model, computation_digest
+from jaxmnist.core.models import build_model
 from jaxmnist.core.steps import EvalTotals
 from jaxmnist import data
 from jaxmnist.datasets import DATASETS, DIGITS
@@ -82,7 +82,7 @@ def restore_model(workdir: str | Path, step: str = "best") -> RestoredModel:
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), expected)
     try:
         variables, meta = checkpoints.restore_variables(number, target)  # first: a shape names a parameter
-        check_same_computation(meta, computation_digest(model), f"Checkpoint step {number} in {checkpoints.directory}")
+        check_same_computation(meta, model, f"Checkpoint step {number} in {checkpoints.directory}")
     except OtherModel as error:
         raise OtherModel(f"{error}: this code's model is not the one that trained it; use the code that did.") from None
     except CheckpointError:

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jaxmnist.core.models import computation_digest
 from jaxmnist.errors import UserError
 from jaxmnist.ranking import rank
 from jaxmnist.runtime.reporting import quiet_libraries
@@ -125,10 +126,12 @@ def model_difference(saved_shapes: dict[str, tuple], params) -> str | None:
     return None
 
 
-def check_same_computation(meta: dict[str, Any], digest: str, checkpoint: str) -> None:
+def check_same_computation(meta: dict[str, Any], model, checkpoint: str) -> None:
     """OtherModel when the run recorded another computation digest (core.models.computation_digest)
-    under this JAX version: a model edited without changing a shape. Other versions' are not compared."""
-    if meta["model_digest"] != digest and meta["arithmetic"]["jax"] == jax.__version__:
+    under this JAX version: a model edited without changing a shape. Other versions' are not compared;
+    a run started in a terminal before the digest ignored colour recorded the coloured one."""
+    recorded, same_jax = meta["model_digest"], meta["arithmetic"]["jax"] == jax.__version__
+    if same_jax and recorded != computation_digest(model) and recorded != computation_digest(model, color=True):
         raise OtherModel(f"{checkpoint} belongs to another model (every parameter has the shape it had, but the "
                          "model computes something else: another activation, order of layers or operation)")
 

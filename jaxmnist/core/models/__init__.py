@@ -44,16 +44,16 @@ class UnknownModel(UserError):
     """A recorded recipe names a model this code has not registered."""
 
 
-def computation_digest(model: nn.Module) -> str:
-    """16 hex digits naming what model computes: its operations and their shapes, traced in the
-    layers' textbook forms (so every backend agrees) on one abstract image; not its parameters'
-    values. A model edited to another activation or another order of layers, with every
-    parameter's shape unchanged, gets another digest. JAX versions may print the same model
-    differently, so compare digests made by one JAX version only."""
+def computation_digest(model: nn.Module, color: bool = False) -> str:
+    """16 hex digits naming what model computes: its operations and shapes, traced in the layers'
+    textbook forms (so every backend agrees) on one abstract image; not its parameters' values. A
+    model edited to another activation or order of layers, every shape unchanged, gets another. JAX
+    versions may print one model differently: compare digests of one JAX version only. Printed
+    without colour (JAX colours it when stdout is a terminal); color=True is a terminal's digest."""
     image = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
     # The recipe's --precision is set process-wide by training and not by evaluate: trace with
     # JAX's default, so both name one model alike. Abstract throughout: nothing is compiled.
     with textbook_forms(), jax.default_matmul_precision(None):
         variables = jax.eval_shape(lambda images: model.init(jax.random.key(0), images), image)
         program = jax.make_jaxpr(lambda variables, images: model.apply(variables, images))(variables, image)
-    return hashlib.sha256(str(program).encode()).hexdigest()[:16]
+    return hashlib.sha256(program.pretty_print(use_color=color).encode()).hexdigest()[:16]
