@@ -8,6 +8,7 @@ JAX loads, as `python -m jaxmnist.train --help` does.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -83,6 +84,12 @@ def run(command: str, argv: Sequence[str] | None = None, as_program: bool | None
     if (argv is None if as_program is None else as_program) and threading.current_thread() is threading.main_thread():
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+        if status in {exit_code(signum) for signum in STOP_SIGNALS} and command not in LIGHT:
+            # Stopped mid-work: a stop inside XLA's compiler leaves it unfit to be torn down (a
+            # segmentation fault after "Stopped."), and nothing is left to finish: end here.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
     return status
 
 
