@@ -61,9 +61,7 @@ class MetricsLog:
         for number, line in enumerate(lines, 1):
             try:
                 record = json.loads(line)
-                # Its kind, and its epoch and step as whole numbers ("step": "6", edited by hand, is damage).
-                if not (isinstance(record, dict) and isinstance(record.get("kind"), str)
-                        and all(type(record.get(key)) is int for key in ("epoch", "step"))):
+                if not _is_record(record):
                     raise ValueError("not a record")
                 records.append(record)
             except ValueError:
@@ -71,3 +69,20 @@ class MetricsLog:
                     raise MetricsError(f"{self.path} is damaged at line {number}; fix or delete that line.") from None
                 log.warning("%s ends in a torn line (a run killed while writing it); it is ignored.", self.path)
         return [r for r in records if kind is None or r["kind"] == kind]
+
+
+# The numbers each kind of record holds: one edited by hand into a string, or deleted, is damage
+# (the curves and TensorBoard would fail on it), not a value to draw.
+NUMBERS = {"train": ("loss",), "epoch": ("test_accuracy", "test_loss", "correct", "test_images", "train_loss", "lr")}
+NUMBERS_OR_NULL = ("train_accuracy", "val_accuracy", "val_loss", "images_per_second")  # where a record has them
+
+
+def _is_record(record: Any) -> bool:
+    """Its kind, its epoch and step as whole numbers ("step": "6" is damage), and its kind's numbers."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    return (isinstance(record, dict) and isinstance(record.get("kind"), str)
+            and all(type(record.get(key)) is int for key in ("epoch", "step"))
+            and all(number(record.get(key)) for key in NUMBERS.get(record["kind"], ()))
+            and all(record.get(key) is None or number(record[key]) for key in NUMBERS_OR_NULL))

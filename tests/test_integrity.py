@@ -380,3 +380,21 @@ def test_a_full_disk_under_tensorboard_is_named_and_its_writer_writes_no_more(tm
     assert failure.value.filename == str(tmp_path / "tensorboard")
     assert events._closed  # so its exit hook and thread write (and fail, with tracebacks) no more
     board.close()  # nothing left to close, and no error
+
+
+def test_a_record_whose_numbers_were_edited_or_deleted_is_damage_named_by_its_line(tmp_path):
+    """Only kind, epoch and step were checked: a loss edited into "oops" ended a resume and the
+    plots in tracebacks (KeyError, TypeError) instead of the damage sentence."""
+    from jaxmnist.metrics import MetricsError
+
+    train = {"kind": "train", "epoch": 1, "step": 1, "loss": 2.3}
+    epoch = {"kind": "epoch", "epoch": 1, "step": 4, "test_accuracy": 50.0, "test_loss": 1.5, "correct": 5,
+             "test_images": 10, "train_loss": 1.9, "train_accuracy": None, "lr": 0.001}
+    path = tmp_path / "metrics.jsonl"
+    for edited in ({**train, "loss": "oops"}, {k: v for k, v in train.items() if k != "loss"},
+                   {**epoch, "test_accuracy": "x"}, {**epoch, "val_loss": "0.1"}, {**epoch, "lr": True}):
+        path.write_text("".join(json.dumps(r) + "\n" for r in (train, edited, epoch)))
+        with pytest.raises(MetricsError, match=r"metrics.jsonl is damaged at line 2; fix or delete that line\."):
+            MetricsLog(path).records()
+    path.write_text("".join(json.dumps(r) + "\n" for r in (train, epoch, {**epoch, "val_loss": 0.2, "val_accuracy": 60})))
+    assert len(MetricsLog(path).records()) == 3
