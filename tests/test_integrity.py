@@ -398,3 +398,16 @@ def test_a_record_whose_numbers_were_edited_or_deleted_is_damage_named_by_its_li
             MetricsLog(path).records()
     path.write_text("".join(json.dumps(r) + "\n" for r in (train, epoch, {**epoch, "val_loss": 0.2, "val_accuracy": 60})))
     assert len(MetricsLog(path).records()) == 3
+
+
+def test_when_the_only_checkpoint_is_set_aside_the_run_says_it_starts_again(idx_dir, tmp_path, capsys):
+    """It set the damaged checkpoint aside and then trained from epoch 1 without a word."""
+    workdir = tmp_path / "run"
+    assert _train(idx_dir, workdir, "--epochs", "1") == 0
+    flip_a_parameter_bit(workdir / "checkpoints" / str(STEPS_PER_EPOCH))
+    capsys.readouterr()
+    assert _train(idx_dir, workdir, "--epochs", "1") == 0
+    out, err = capsys.readouterr()
+    assert "is damaged: its params" in err and "No usable checkpoint is left, so training starts again from epoch 1." in err
+    assert "Resuming" not in out and "Test Accuracy" in out
+    assert (workdir / "damaged-checkpoints" / str(STEPS_PER_EPOCH)).is_dir()

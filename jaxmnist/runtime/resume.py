@@ -31,6 +31,7 @@ def resume(checkpoints: Checkpoints, run, state, totals: TrainTotals):
     reader works; if none reads, the run stops and nothing moves. Another recipe, other data, another
     device count or another model are refused: not damage."""
     unreadable: list[tuple[int, CheckpointError]] = []
+    damaged = False
     for step in reversed(checkpoints.steps()):
         try:
             meta = checkpoints.meta(step)
@@ -42,6 +43,7 @@ def resume(checkpoints: Checkpoints, run, state, totals: TrainTotals):
                              "one there (discarding the old run), or another --workdir.") from None
         except DamagedCheckpoint as error:
             _set_aside(checkpoints, step, str(error))
+            damaged = True
             continue
         except UnreadableCheckpoint as error:
             unreadable.append((step, error))
@@ -57,6 +59,8 @@ def resume(checkpoints: Checkpoints, run, state, totals: TrainTotals):
     if unreadable:
         raise CheckpointError(f"{unreadable[0][1]} Nothing was moved or retrained: fix the cause and run the same "
                               "command again, or --restart to discard the run.")
+    if damaged:
+        log.warning("No usable checkpoint is left, so training starts again from epoch 1.")
     return state, totals, 0, {}
 
 
