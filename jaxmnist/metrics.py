@@ -73,8 +73,9 @@ class MetricsLog:
 
 # The numbers each kind of record holds: one edited by hand into a string, or deleted, is damage
 # (the curves and TensorBoard would fail on it), not a value to draw.
-NUMBERS = {"train": ("loss",), "epoch": ("test_accuracy", "test_loss", "correct", "test_images", "train_loss", "lr")}
-NUMBERS_OR_NULL = ("train_accuracy", "val_accuracy", "val_loss", "images_per_second")  # where a record has them
+NUMBERS = {"train": ("loss",), "epoch": ("test_accuracy",)}  # always there
+NUMBERS_OR_NULL = ("test_loss", "correct", "test_images", "train_loss", "train_accuracy", "lr", "val_accuracy", "val_loss",
+                   "images_per_second", "train_seconds", "epoch_seconds")  # where a record has them
 
 
 def _is_record(record: Any) -> bool:
