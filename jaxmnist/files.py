@@ -30,8 +30,8 @@ def replace_file(path: Path, content: str | bytes, mode: int = 0o644) -> None:
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # one per process: two writers never mix
     data = content.encode() if isinstance(content, str) else content
     try:
-        with naming(path), os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode),
-                                      "wb") as file:
+        with naming(path, partial), os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                                                      mode), "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -49,12 +49,13 @@ def append_line(path: Path, line: str) -> None:
 
 
 @contextlib.contextmanager
-def naming(path: Path):
-    """An OSError inside (a full disk meets write(), flush() or fsync(), which name no file) names path."""
+def naming(path: Path, written_as: Path | None = None):
+    """An OSError inside (a full disk meets write(), flush() or fsync(), which name no file) names
+    path, also where it names written_as, the file path is written as before its rename."""
     try:
         yield
     except OSError as error:
-        if error.filename is None:
+        if error.filename is None or (written_as is not None and error.filename == str(written_as)):
             raise OSError(error.errno, error.strerror or str(error), str(path)) from None
         raise
 

@@ -411,3 +411,20 @@ def test_when_the_only_checkpoint_is_set_aside_the_run_says_it_starts_again(idx_
     assert "is damaged: its params" in err and "No usable checkpoint is left, so training starts again from epoch 1." in err
     assert "Resuming" not in out and "Test Accuracy" in out
     assert (workdir / "damaged-checkpoints" / str(STEPS_PER_EPOCH)).is_dir()
+
+
+def test_a_file_that_cannot_be_replaced_is_named_not_its_temporary_neighbour(tmp_path, monkeypatch):
+    """A read-only workdir's failure read 'Cannot write .../metrics.jsonl.8730.partial'."""
+    from jaxmnist.files import replace_file
+
+    real_open = os.open
+
+    def refused(path, *args, **kwargs):
+        if str(path).endswith(".partial"):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(OSError) as failure:
+        replace_file(tmp_path / "metrics.jsonl", "{}\n")
+    assert failure.value.filename == str(tmp_path / "metrics.jsonl") and failure.value.errno == errno.EPERM
