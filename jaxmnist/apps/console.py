@@ -46,15 +46,18 @@ class ProgressBar:
             self._bar = tqdm(total=total, initial=done, desc=f"Epoch {epoch}", unit="img", leave=False, file=sys.stderr,
                              dynamic_ncols=True)
         if done >= total:
-            self.__exit__()
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def __enter__(self) -> "ProgressBar":
         return self
 
-    def __exit__(self, *exc_info) -> None:  # also when the run stops mid-epoch: no half-drawn bar is left
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+    def __exit__(self, *exc_info) -> None:
+        self.close()  # also when the run stops mid-epoch: no half-drawn bar is left
 
 
 def setup_console() -> None:

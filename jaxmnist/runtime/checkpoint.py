@@ -126,12 +126,13 @@ def model_difference(saved_shapes: dict[str, tuple], params) -> str | None:
     return None
 
 
-def check_same_computation(meta: dict[str, Any], model, checkpoint: str) -> None:
+def check_same_computation(meta: dict[str, Any], model, checkpoint: str, digest: str | None = None) -> None:
     """OtherModel when the run recorded another computation digest (core.models.computation_digest)
     under this JAX version: a model edited without changing a shape. Other versions' are not compared;
-    a run started in a terminal before the digest ignored colour recorded the coloured one."""
+    a run started in a terminal before the digest ignored colour recorded the coloured one. digest:
+    the model's own, where the caller has it already."""
     recorded, same_jax = meta["model_digest"], meta["arithmetic"]["jax"] == jax.__version__
-    if same_jax and recorded != computation_digest(model) and recorded != computation_digest(model, color=True):
+    if same_jax and recorded != (digest or computation_digest(model)) and recorded != computation_digest(model, color=True):
         raise OtherModel(f"{checkpoint} belongs to another model (every parameter has the shape it had, but the "
                          "model computes something else: another activation, order of layers or operation)")
 

@@ -37,7 +37,8 @@ def resume(checkpoints: Checkpoints, run, state, totals: TrainTotals):
             meta = checkpoints.meta(step)
             _check_same_run(meta, run.config, run.identity)
             restored, progress, _ = checkpoints.restore(step, state, {"step": state.step, **totals._asdict()})
-            check_same_computation(meta, run.model, f"Checkpoint step {step} in {checkpoints.directory}")
+            check_same_computation(meta, run.model, f"Checkpoint step {step} in {checkpoints.directory}",
+                                   run.identity["model_digest"])  # computed once, at the start
         except OtherModel as error:
             raise OtherModel(f"{error}: the code's model has changed since this run; use --restart to train the new "
                              "one there (discarding the old run), or another --workdir.") from None
